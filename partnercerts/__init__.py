@@ -1,0 +1,1 @@
+"""partnercerts: custody and rotation of PSA/Stellantis B2B API partner credentials."""

@@ -1,0 +1,213 @@
+"""Certificates: parsing any shape the authority sends, the strict import gate, PKCS#12."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .errors import UserError
+from .keys import spki_sha256
+from .profile import name_key
+
+MAX_CERTS = 16
+MAX_CHAIN_DEPTH = 8
+
+
+class GateError(UserError):
+    """The import gate refused a certificate; nothing was written."""
+
+
+def load_bundle(data: bytes, source: str, max_bytes: int) -> list[x509.Certificate]:
+    """Every certificate in PEM (one or many), DER, or PKCS#7 (PEM or DER) input."""
+    if not data.strip():
+        raise GateError(f"{source}: empty input; give the certificate file the authority sent (PEM, DER or PKCS#7)")
+    if len(data) > max_bytes:
+        raise GateError(f"{source}: {len(data)} bytes is over the {max_bytes}-byte limit; this is not a certificate file "
+                        "(raise PARTNERCERTS_MAX_INPUT_BYTES only if it really is)")
+    certs: list[x509.Certificate] = []
+    try:
+        if b"-----BEGIN" in data:
+            if b"-----BEGIN PKCS7-----" in data or b"-----BEGIN CERTIFICATE CHAIN-----" in data:
+                certs = pkcs7.load_pem_pkcs7_certificates(data)
+            else:
+                certs = x509.load_pem_x509_certificates(data)
+        else:
+            try:
+                certs = [x509.load_der_x509_certificate(data)]
+            except ValueError:
+                certs = pkcs7.load_der_pkcs7_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise GateError(f"{source}: not a readable certificate (expected PEM, DER or PKCS#7); check you saved the right file")
+    if len(certs) > MAX_CERTS:
+        raise GateError(f"{source}: holds {len(certs)} certificates, more than {MAX_CERTS}; give the certificate and its chain only")
+    return certs
+
+
+def read_file(path: str, max_bytes: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror}); check the path") from None
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """The serial as `openssl x509 -serial` prints it: upper-case hex, even length."""
+    text = format(cert.serial_number, "X")
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def to_pem(certs: list[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in certs)
+
+
+def from_pem(text: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(text.encode("ascii")) if text.strip() else []
+
+
+def not_after(cert: x509.Certificate) -> dt.datetime:
+    return cert.not_valid_after_utc
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the gate let through: the leaf, the path to the anchor, the anchor(s)."""
+
+    leaf: x509.Certificate
+    chain: list[x509.Certificate]
+    anchors: list[x509.Certificate]
+
+
+# The gate: small named checks, composed in `gate()` in the order a human would look.
+
+def _pick_leaf(certs, pending_key_sha256: str, source: str) -> x509.Certificate:
+    for cert in certs:
+        if spki_sha256(cert.public_key()) == pending_key_sha256:
+            return cert
+    found = ", ".join(spki_sha256(c.public_key())[:16] for c in certs)
+    raise GateError(f"{source}: no certificate is for the pending key (pending key SHA-256 {pending_key_sha256[:16]}…, "
+                    f"found {found}); import the certificate signed for the CSR this tool made")
+
+
+def _check_subject(leaf: x509.Certificate, expected: x509.Name, source: str) -> None:
+    if name_key(leaf.subject) != name_key(expected):
+        raise GateError(f"{source}: subject {leaf.subject.rfc4514_string()!r} differs from the CSR's "
+                        f"{expected.rfc4514_string()!r}; ask the authority to sign the CSR unchanged")
+
+
+def _check_validity(leaf: x509.Certificate, now: dt.datetime, min_days: int, source: str) -> None:
+    if now < leaf.not_valid_before_utc:
+        raise GateError(f"{source}: not valid before {leaf.not_valid_before_utc.isoformat()}; import it after that time "
+                        "or check this machine's clock")
+    if now >= leaf.not_valid_after_utc:
+        raise GateError(f"{source}: expired on {leaf.not_valid_after_utc.isoformat()}; ask the authority for a new certificate")
+    left = leaf.not_valid_after_utc - now
+    if left < dt.timedelta(days=min_days):
+        raise GateError(f"{source}: valid for {left.days} more days only, under the {min_days}-day minimum "
+                        "(PARTNERCERTS_MIN_VALIDITY_DAYS); ask the authority for a longer certificate")
+
+
+def _check_eku(leaf: x509.Certificate, source: str) -> None:
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise GateError(f"{source}: extended key usage lacks clientAuth, so mutual TLS would fail; "
+                        "ask the authority for a client-authentication certificate")
+
+
+def _check_not_ca(leaf: x509.Certificate, source: str) -> None:
+    try:
+        bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return
+    if bc.ca:
+        raise GateError(f"{source}: is a CA certificate, not a client certificate; import the client certificate")
+
+
+def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if child.issuer != issuer.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _check_chain(leaf, extra, anchors, now: dt.datetime, source: str) -> list[x509.Certificate]:
+    """Walk issuer links from the leaf to an anchor; return the intermediates on the way."""
+    path: list[x509.Certificate] = []
+    seen = {fingerprint(leaf)}
+    cert = leaf
+    for _ in range(MAX_CHAIN_DEPTH):
+        for anchor in anchors:
+            if _signed_by(cert, anchor):
+                if not (anchor.not_valid_before_utc <= now < anchor.not_valid_after_utc):
+                    raise GateError(f"{source}: the CA certificate {anchor.subject.rfc4514_string()!r} is outside its "
+                                    "validity period; get the current CA certificate from the authority")
+                return path
+        issuer = next((c for c in extra if fingerprint(c) not in seen and _signed_by(cert, c)), None)
+        if issuer is None:
+            raise GateError(f"{source}: chain does not verify to the CA (no issuer found for "
+                            f"{cert.subject.rfc4514_string()!r}); give the matching CA file with --ca")
+        if not (issuer.not_valid_before_utc <= now < issuer.not_valid_after_utc):
+            raise GateError(f"{source}: intermediate {issuer.subject.rfc4514_string()!r} is expired or not yet valid; "
+                            "ask the authority for its current chain")
+        seen.add(fingerprint(issuer))
+        path.append(issuer)
+        cert = issuer
+    raise GateError(f"{source}: chain is longer than {MAX_CHAIN_DEPTH} certificates or loops; give the certificate and its chain only")
+
+
+def gate(certs: list[x509.Certificate], *, pending_key_sha256: str, expected_subject: x509.Name,
+         anchors: list[x509.Certificate], now: dt.datetime, min_validity_days: int, source: str) -> Accepted:
+    """Accept a certificate only if every check passes; raise GateError naming the first failure."""
+    leaf = _pick_leaf(certs, pending_key_sha256, source)
+    _check_subject(leaf, expected_subject, source)
+    _check_not_ca(leaf, source)
+    _check_validity(leaf, now, min_validity_days, source)
+    _check_eku(leaf, source)
+    extra = [c for c in certs if c is not leaf and fingerprint(c) not in {fingerprint(a) for a in anchors}]
+    chain = _check_chain(leaf, extra, anchors, now, source) if anchors else [
+        c for c in extra if not _is_self_signed(c)]
+    return Accepted(leaf=leaf, chain=chain, anchors=anchors)
+
+
+def _is_self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject and _signed_by(cert, cert)
+
+
+def load_anchors(data: bytes, source: str, max_bytes: int) -> list[x509.Certificate]:
+    """CA certificates given with --ca (one or a bundle)."""
+    return load_bundle(data, source, max_bytes)
+
+
+def pkcs12_bundle(key, leaf: x509.Certificate, chain: list[x509.Certificate], password: str,
+                  name: str, legacy: bool = False) -> bytes:
+    """PKCS#12: AES-256-CBC + PBKDF2 + SHA-256 MAC by default; 3DES/SHA-1 with legacy for old Java."""
+    if legacy:
+        algo = (serialization.PrivateFormat.PKCS12.encryption_builder()
+                .kdf_rounds(2048)
+                .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+                .hmac_hash(hashes.SHA1())
+                .build(password.encode()))
+    else:
+        algo = (serialization.PrivateFormat.PKCS12.encryption_builder()
+                .kdf_rounds(2048)
+                .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+                .hmac_hash(hashes.SHA256())
+                .build(password.encode()))
+    return pkcs12.serialize_key_and_certificates(name.encode(), key, leaf, chain or None, algo)

@@ -1,0 +1,323 @@
+"""Operations on partner credentials: CSR, import, PKCS#12, account, status, rotation.
+
+Every operation validates its inputs before the first write, so a user error changes
+nothing; every write goes through store.Store with check-and-set.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from . import certs, csr as csrmod, keys
+from .certs import GateError
+from .errors import Conflict, UserError
+from .inventory import Application, Inventory, Partner
+from .lifecycle import Action, Step, days_left, plan_one, state_of
+from .profile import name_key
+from .sandbox import Authority
+from .settings import Settings
+from .store import Index, Record, Store
+
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PENDING, CONSUMED = "pending", "consumed"
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def check_client_id(value: str) -> str:
+    if not CLIENT_ID_RE.match(value):
+        raise UserError(f"--client-id {value!r}: not a Client ID; use the identifier from the authority's reply "
+                        "(letters, digits, '.', '_' and '-', at most 128)")
+    return value
+
+
+@dataclass
+class CsrResult:
+    mzp: str
+    app: str
+    csr_pem: str
+    openssl_config: str
+    key_sha256: str
+    created: bool
+    warning: str = ""
+
+
+@dataclass
+class ImportResult:
+    mzp: str
+    app: str
+    serial: str
+    not_after: str
+    fingerprint_sha256: str
+    client_id: str
+    already_current: bool = False
+    warning: str = ""
+
+
+@dataclass
+class Row:
+    mzp: str
+    app: str
+    client_id: str
+    state: str
+    serial: str
+    not_after: str
+    days_left: int | None
+    pending_since: str
+    note: str = field(default="", compare=False)
+
+    def as_json(self) -> dict:
+        return {"mzp": self.mzp, "app": self.app, "client_id": self.client_id or None, "state": self.state,
+                "serial": self.serial or None, "not_after": self.not_after or None, "days_left": self.days_left,
+                "pending_since": self.pending_since or None}
+
+
+class Credentials:
+    def __init__(self, settings: Settings, inventory: Inventory, store: Store):
+        self.settings = settings
+        self.inventory = inventory
+        self.store = store
+        self.authority = Authority(store, settings.sandbox_validity_days)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _live_pending(self, mzp: str, app: str) -> Record | None:
+        rec = self.store.read(self.store.pending_path(mzp, app))
+        return rec if rec and rec.data.get("state") == PENDING else None
+
+    def reindex(self, mzp: str, app: str) -> Index:
+        """Derive the index from the records themselves and write it (repairs a stale index)."""
+        cur = self.store.read(self.store.current_path(mzp, app))
+        pend = self._live_pending(mzp, app)
+        index = Index()
+        if cur:
+            d = cur.data
+            index = Index(serial=d["serial"], not_before=d["not_before"], not_after=d["not_after"],
+                          client_id=d["client_id"], fingerprint_sha256=d["fingerprint_sha256"],
+                          key_spec=d.get("key_spec", ""), current_version=str(cur.version))
+        if pend:
+            index.pending_since = pend.data["created_at"]
+            index.pending_submitted_at = pend.data.get("submitted_at", "")
+            index.pending_submission = pend.data.get("submission", "")
+            index.key_spec = index.key_spec or pend.data.get("key_spec", "")
+        index.updated_at = iso(dt.datetime.now(dt.timezone.utc))
+        self.store.write_index(mzp, app, index)
+        return index
+
+    def _settle_crashed_import(self, mzp: str, app: str, pend: Record) -> Record | None:
+        """A pending record whose key is already current was imported by a run that died before the tombstone."""
+        cur = self.store.read(self.store.current_path(mzp, app))
+        if cur and cur.data.get("key_sha256") == pend.data.get("key_sha256"):
+            self._tombstone(mzp, app, pend, cur.data["serial"])
+            return None
+        return pend
+
+    def _tombstone(self, mzp: str, app: str, pend: Record, serial: str) -> None:
+        self.store.write(self.store.pending_path(mzp, app),
+                         {"state": CONSUMED, "serial": serial, "key_sha256": pend.data.get("key_sha256", ""),
+                          "consumed_at": iso(dt.datetime.now(dt.timezone.utc))}, cas=pend.version)
+
+    # -- CSR --------------------------------------------------------------------------
+    def make_csr(self, mzp: str, app: str, now: dt.datetime, force: bool = False) -> CsrResult:
+        """Return the pending CSR, or make a key (straight into Vault, read back) and a new one."""
+        partner = self.inventory.partner(mzp)
+        application = partner.app(app)
+        self.store.check_mount()
+        path = self.store.pending_path(mzp, app)
+        rec = self.store.read(path)
+        if rec and rec.data.get("state") == PENDING:
+            if self._settle_crashed_import(mzp, app, rec) is not None and not force:
+                return self._existing(partner, application, rec)
+            rec = self.store.read(path)  # the tombstone moved the version
+        cas = rec.version if rec else self.store.version(path)
+        key = keys.generate(application.key_spec)
+        request = csrmod.build(partner.subject, key)
+        key_pem = keys.to_pem(key)
+        key_sha = keys.spki_sha256(key.public_key())
+        data = {"state": PENDING, "key_pem": key_pem, "csr_pem": csrmod.to_pem(request), "key_sha256": key_sha,
+                "key_spec": application.key_spec, "created_at": iso(now), "submitted_at": "", "submission": ""}
+        try:
+            version = self.store.write(path, data, cas=cas)
+        except Conflict:
+            # Another run created a pending key first: that one stands, never a second one.
+            other = self._live_pending(mzp, app)
+            if other is None or force:
+                raise
+            return self._existing(partner, application, other)
+        back = self.store.read(path)
+        if back is None or back.version != version or back.data.get("key_pem") != key_pem:
+            raise UserError(f"{mzp}/{app}: the key read back from Vault differs from the key written; "
+                            "the CSR was not released; check Vault's health and run again")
+        if version == 1:
+            self.store.set_max_versions(path)
+        self.reindex(mzp, app)
+        return CsrResult(mzp, app, data["csr_pem"], partner.subject.openssl_config(application.key_spec), key_sha, True)
+
+    def _existing(self, partner: Partner, application: Application, rec: Record) -> CsrResult:
+        request = csrmod.from_pem(rec.data["csr_pem"])
+        warning = ""
+        if name_key(request.subject) != name_key(partner.subject.to_name()):
+            warning = (f"{partner.mzp}/{application.name}: the pending CSR's subject differs from the inventory's "
+                       "(the inventory changed since); use --force to make a new key and CSR")
+        return CsrResult(partner.mzp, application.name, rec.data["csr_pem"],
+                         partner.subject.openssl_config(rec.data.get("key_spec") or application.key_spec),
+                         rec.data["key_sha256"], False, warning)
+
+    # -- import -----------------------------------------------------------------------
+    def import_cert(self, mzp: str, app: str, cert_data: bytes, cert_source: str, now: dt.datetime,
+                    ca_data: bytes | None = None, ca_source: str = "", client_id: str | None = None,
+                    submission: str = "", submitted_at: str = "") -> ImportResult:
+        """Pass a certificate through the strict gate and make it current; on any refusal nothing changes."""
+        self.inventory.partner(mzp).app(app)
+        if client_id is not None:
+            check_client_id(client_id)
+        limit = self.settings.max_input_bytes
+        bundle = certs.load_bundle(cert_data, cert_source, limit)
+        anchors: list = []
+        if ca_data is not None:
+            anchors = certs.load_anchors(ca_data, ca_source, limit)
+        elif self.settings.ca_file is not None:
+            anchors = certs.load_anchors(certs.read_file(str(self.settings.ca_file), limit),
+                                         f"PARTNERCERTS_CA_FILE={self.settings.ca_file}", limit)
+        self.store.check_mount()
+        cur = self.store.read(self.store.current_path(mzp, app))
+        pend = self.store.read(self.store.pending_path(mzp, app))
+        if cur and any(certs.fingerprint(c) == cur.data["fingerprint_sha256"] for c in bundle):
+            return ImportResult(mzp, app, cur.data["serial"], cur.data["not_after"], cur.data["fingerprint_sha256"],
+                                cur.data["client_id"], already_current=True)
+        if not pend or pend.data.get("state") != PENDING:
+            raise UserError(f"{mzp}/{app}: no pending CSR to import a certificate for; "
+                            f"make one with scripts/inv csr --mzp {mzp} --app {app}")
+        if not anchors and cur and cur.data.get("ca_pem"):
+            anchors = certs.from_pem(cur.data["ca_pem"])
+        if client_id is None:
+            client_id = cur.data["client_id"] if cur else None
+        if not client_id:
+            raise UserError(f"{mzp}/{app}: the first certificate needs its Client ID; add --client-id ID "
+                            "(from the authority's reply)")
+        expected = csrmod.from_pem(pend.data["csr_pem"]).subject
+        accepted = certs.gate(bundle, pending_key_sha256=pend.data["key_sha256"], expected_subject=expected,
+                              anchors=anchors, now=now, min_validity_days=self.settings.min_validity_days,
+                              source=cert_source)
+        leaf = accepted.leaf
+        serial = certs.serial_hex(leaf)
+        record = {
+            "key_pem": pend.data["key_pem"], "key_sha256": pend.data["key_sha256"],
+            "key_spec": pend.data.get("key_spec", ""),
+            "cert_pem": certs.to_pem([leaf]), "chain_pem": certs.to_pem(accepted.chain),
+            "ca_pem": certs.to_pem(accepted.anchors), "client_id": client_id, "serial": serial,
+            "not_before": iso(leaf.not_valid_before_utc), "not_after": iso(leaf.not_valid_after_utc),
+            "fingerprint_sha256": certs.fingerprint(leaf), "p12_password": secrets.token_urlsafe(24),
+            "imported_at": iso(now), "pending_created_at": pend.data["created_at"],
+            "submitted_at": submitted_at or pend.data.get("submitted_at", ""),
+            "submission": submission or pend.data.get("submission", ""),
+        }
+        # Order matters for crash safety: history (write-once), then current (one atomic
+        # write: readers see old or new, never half), then the pending tombstone, then the index.
+        hist = self.store.history_path(mzp, app, serial)
+        try:
+            self.store.write(hist, record, cas=0)
+        except Conflict:
+            old = self.store.read(hist)
+            if not old or old.data.get("fingerprint_sha256") != record["fingerprint_sha256"]:
+                raise GateError(f"{cert_source}: serial {serial} is already in the history with another certificate; "
+                                "the authority reused a serial, ask it for a new certificate") from None
+            record = old.data
+        self.store.write(self.store.current_path(mzp, app), record, cas=cur.version if cur else 0)
+        self._tombstone(mzp, app, pend, serial)
+        self.reindex(mzp, app)
+        warning = "" if accepted.anchors else (
+            f"{mzp}/{app}: imported without a CA certificate, so the chain was not verified; "
+            "give --ca FILE (the Stellantis CA from the reply) or set PARTNERCERTS_CA_FILE")
+        return ImportResult(mzp, app, serial, record["not_after"], record["fingerprint_sha256"], client_id,
+                            warning=warning)
+
+    # -- PKCS#12 and account ------------------------------------------------------------
+    def current(self, mzp: str, app: str) -> dict:
+        self.inventory.partner(mzp).app(app)
+        self.store.check_mount()
+        cur = self.store.read(self.store.current_path(mzp, app))
+        if cur is None:
+            raise UserError(f"{mzp}/{app}: no current certificate yet; run scripts/inv rotate --mzp {mzp} --app {app}")
+        return cur.data
+
+    def p12(self, mzp: str, app: str, legacy: bool = False) -> tuple[bytes, str]:
+        data = self.current(mzp, app)
+        key = keys.from_pem(data["key_pem"])
+        leaf = certs.from_pem(data["cert_pem"])[0]
+        chain = certs.from_pem(data["chain_pem"]) + certs.from_pem(data["ca_pem"])
+        blob = certs.pkcs12_bundle(key, leaf, chain, data["p12_password"], f"{mzp}-{app}", legacy=legacy)
+        return blob, data["p12_password"]
+
+    def set_account_password(self, mzp: str, password: str, now: dt.datetime) -> bool:
+        """Store the MZP password; returns False when Vault already had exactly that password."""
+        self.inventory.partner(mzp)
+        if not password or len(password) > 512 or any(c in password for c in "\r\n\0"):
+            raise UserError(f"{mzp}: the password must be one non-empty line of at most 512 characters")
+        self.store.check_mount()
+        path = self.store.account_path(mzp)
+        rec = self.store.read(path)
+        if rec and secrets.compare_digest(rec.data.get("password", ""), password):
+            return False
+        self.store.write(path, {"password": password, "updated_at": iso(now)}, cas=rec.version if rec else 0)
+        return True
+
+    # -- status and rotation ---------------------------------------------------------------
+    def rows(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Row]:
+        """One row per credential from the index in custom metadata only; never reads secret data."""
+        rows = []
+        for partner, application in self.inventory.credentials(mzp, app):
+            found = self.store.read_index(partner.mzp, application.name)
+            index, note = None, ""
+            if found:
+                index, real_version = found
+                if index.current_version != str(real_version):
+                    note = "index is stale; scripts/inv rotate repairs it"
+            state = state_of(index, now, partner.renew_before_days)
+            na = index.not_after_dt() if index else None
+            rows.append(Row(partner.mzp, application.name, index.client_id if index else "", state.value,
+                            index.serial if index else "", index.not_after if index else "", days_left(now, na),
+                            index.pending_since if index else "", note))
+        return rows
+
+    def plan(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Step]:
+        steps = []
+        for partner, application in self.inventory.credentials(mzp, app):
+            found = self.store.read_index(partner.mzp, application.name)
+            index = None
+            if found:
+                index, real_version = found
+                if index.current_version != str(real_version):
+                    index = self.reindex(partner.mzp, application.name)
+            steps.append(plan_one(partner.mzp, application.name, index, now, partner.renew_before_days))
+        return steps
+
+    def apply(self, step: Step, now: dt.datetime) -> str:
+        """Carry out one planned step; returns a one-line outcome."""
+        partner = self.inventory.partner(step.mzp)
+        if step.action in (Action.NOTHING, Action.WAIT):
+            return "nothing to do"
+        if step.action in (Action.ISSUE, Action.RENEW):
+            made = self.make_csr(step.mzp, step.app, now)
+            what = "new key and CSR" if made.created else "existing pending CSR"
+        else:
+            what = "pending CSR"
+        return f"{what}; " + self.submit(partner, step.app, now)
+
+    def submit(self, partner: Partner, app: str, now: dt.datetime) -> str:
+        """Send the pending CSR by the partner's submission method."""
+        pend = self._live_pending(partner.mzp, app)
+        if pend is None:
+            return "no pending CSR (already imported by another run)"
+        if partner.submission == "sandbox":
+            cur = self.store.read(self.store.current_path(partner.mzp, app))
+            client_id = cur.data["client_id"] if cur else Authority.new_client_id()
+            cert_pem = self.authority.sign(csrmod.from_pem(pend.data["csr_pem"]), now)
+            result = self.import_cert(partner.mzp, app, cert_pem.encode(), "sandbox authority", now,
+                                      ca_data=self.authority.ca_pem(now).encode(), ca_source="sandbox CA",
+                                      client_id=client_id, submission="sandbox", submitted_at=iso(now))
+            return f"signed by the sandbox authority and imported: serial {result.serial}, not after {result.not_after}"
+        raise UserError(f"{partner.source}: submission method {partner.submission!r} is not available")

@@ -1,0 +1,163 @@
+"""Partner definitions, read from the Ansible inventory's `partnercerts_partners` variable.
+
+Partners live in `<inventory>/group_vars/all.yml` or any `<inventory>/group_vars/all/*.yml`
+(the files Ansible itself loads for every host), so playbooks and tasks see one definition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .profile import Subject, check_app, check_key_spec, make_subject
+
+SUBMISSION_METHODS = ("sandbox",)
+VAR = "partnercerts_partners"
+PARTNER_KEYS = {"mzp", "country", "state", "locality", "organization", "email", "applications",
+                "submission", "renew_before_days"}
+APP_KEYS = {"name", "key"}
+
+
+@dataclass(frozen=True)
+class Application:
+    name: str
+    key_spec: str
+
+
+@dataclass(frozen=True)
+class Partner:
+    subject: Subject
+    applications: tuple[Application, ...]
+    submission: str = "sandbox"
+    renew_before_days: int = 60
+    source: str = ""
+
+    @property
+    def mzp(self) -> str:
+        return self.subject.mzp
+
+    def app(self, name: str) -> Application:
+        for app in self.applications:
+            if app.name == name:
+                return app
+        raise UserError(f"{self.source}: partner {self.mzp} has no application {name!r} "
+                        f"(it has: {', '.join(a.name for a in self.applications)}); add it under 'applications'")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    partners: tuple[Partner, ...] = field(default_factory=tuple)
+
+    def partner(self, mzp: str) -> Partner:
+        for p in self.partners:
+            if p.mzp == mzp:
+                return p
+        known = ", ".join(p.mzp for p in self.partners) or "none"
+        raise UserError(f"--mzp {mzp}: no such partner in {self.path} (known: {known}); "
+                        f"define it under {VAR} in {self.path}/group_vars/all/")
+
+    def credentials(self, mzp: str | None = None, app: str | None = None) -> list[tuple[Partner, Application]]:
+        """(partner, application) pairs, optionally narrowed to one partner and/or application."""
+        partners = [self.partner(mzp)] if mzp else list(self.partners)
+        out = []
+        for p in partners:
+            apps = [p.app(app)] if app and mzp else [a for a in p.applications if app in (None, a.name)]
+            out.extend((p, a) for a in apps)
+        if app and not out:
+            raise UserError(f"--app {app}: no partner in {self.path} has that application")
+        return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one silently."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _var_files(root: Path) -> list[Path]:
+    gv = root / "group_vars"
+    files = [p for p in (gv / "all.yml", gv / "all.yaml") if p.is_file()]
+    if (gv / "all").is_dir():
+        files += sorted(p for p in (gv / "all").iterdir() if p.suffix in (".yml", ".yaml") and p.is_file())
+    return files
+
+
+def load(path: Path) -> Inventory:
+    """Load and validate every partner; the first problem raises a UserError naming file, partner and field."""
+    if not path.is_dir():
+        raise UserError(f"inventory {path} is not a directory; set PARTNERCERTS_INVENTORY to an inventory "
+                        "directory such as inventories/local")
+    partners: list[Partner] = []
+    for file in _var_files(path):
+        try:
+            doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{file}:{mark.line + 1}" if mark else str(file)
+            raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix the syntax") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{file}: not UTF-8 text; save it as UTF-8") from None
+        if not isinstance(doc, dict) or VAR not in doc:
+            continue
+        raw_list = doc[VAR]
+        if not isinstance(raw_list, list):
+            raise UserError(f"{file}: {VAR} must be a list of partners")
+        for i, raw in enumerate(raw_list):
+            partners.append(_partner(raw, f"{file}: partner #{i + 1}", str(file)))
+    seen: dict[str, str] = {}
+    for p in partners:
+        if p.mzp in seen:
+            raise UserError(f"{p.source}: partner {p.mzp} is defined twice (also in {seen[p.mzp]}); keep one definition")
+        seen[p.mzp] = p.source
+    return Inventory(path=path, partners=tuple(partners))
+
+
+def _partner(raw: object, where: str, source: str) -> Partner:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: must be a mapping with mzp, country, state, locality, organization, email, applications")
+    if isinstance(raw.get("mzp"), str):
+        where = f"{source}: partner {raw['mzp']}"
+    unknown = set(raw) - PARTNER_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"allowed: {', '.join(sorted(PARTNER_KEYS))} (OU and CN are implied)")
+    subject = make_subject(raw, where)
+    submission = raw.get("submission", "sandbox")
+    if submission not in SUBMISSION_METHODS:
+        raise UserError(f"{where}: field 'submission' is {submission!r}; use one of {', '.join(SUBMISSION_METHODS)}")
+    renew = raw.get("renew_before_days", 60)
+    if not isinstance(renew, int) or isinstance(renew, bool) or not 1 <= renew <= 3650:
+        raise UserError(f"{where}: field 'renew_before_days' is {renew!r}; use a whole number of days from 1 to 3650")
+    apps_raw = raw.get("applications")
+    if not isinstance(apps_raw, list) or not apps_raw:
+        raise UserError(f"{where}: field 'applications' must list at least one application (name, optional key)")
+    apps: list[Application] = []
+    for j, a in enumerate(apps_raw):
+        if isinstance(a, str):
+            a = {"name": a}
+        if not isinstance(a, dict):
+            raise UserError(f"{where}: application #{j + 1} must be a mapping with 'name' and optional 'key'")
+        unknown = set(a) - APP_KEYS
+        if unknown:
+            raise UserError(f"{where}: application #{j + 1} has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                            "allowed: name, key")
+        name = check_app(a.get("name"), where)
+        if any(x.name == name for x in apps):
+            raise UserError(f"{where}: application {name!r} is listed twice; give each application a unique name")
+        apps.append(Application(name=name, key_spec=check_key_spec(a.get("key"), f"{where}: application {name}")))
+    return Partner(subject=subject, applications=tuple(apps), submission=submission,
+                   renew_before_days=renew, source=source)

@@ -1,0 +1,97 @@
+"""Credential states, the renewal decision and the rotation plan. Time is always passed in."""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+from .store import Index
+
+
+class State(str, enum.Enum):
+    NONE = "none"
+    PENDING = "pending"
+    ACTIVE = "active"
+    EXPIRING = "expiring"
+    EXPIRED = "expired"
+
+
+class Action(str, enum.Enum):
+    ISSUE = "issue"        # no certificate yet: new key, CSR, submit
+    RENEW = "renew"        # certificate due: new key, CSR, submit
+    SUBMIT = "submit"      # a pending CSR was never submitted (e.g. an interrupted run)
+    WAIT = "wait"          # a submitted CSR waits for the authority
+    NOTHING = "nothing"
+
+
+@dataclass(frozen=True)
+class Decision:
+    due: bool
+    reason: str
+
+
+def renewal_decision(now: dt.datetime, not_before: dt.datetime | None, not_after: dt.datetime | None,
+                     renew_before_days: int) -> Decision:
+    """Whether a certificate must be renewed now. Rules, first match wins:
+
+    1. no certificate: due;
+    2. expired (now >= not_after): due;
+    3. days left <= renew_before_days: due (the authority is manual, so the lead time is long);
+    4. less than a third of the lifetime left: due (short-lived certificates);
+    5. otherwise not due.
+    """
+    if not_after is None:
+        return Decision(True, "no certificate")
+    left = not_after - now
+    if left <= dt.timedelta(0):
+        return Decision(True, f"expired on {not_after.date().isoformat()}")
+    days_left = left.days
+    if days_left <= renew_before_days:
+        return Decision(True, f"{days_left} days left, within the {renew_before_days}-day lead time")
+    if not_before is not None and not_after > not_before and left < (not_after - not_before) / 3:
+        return Decision(True, f"{days_left} days left, under a third of the certificate's lifetime")
+    return Decision(False, f"{days_left} days left")
+
+
+def days_left(now: dt.datetime, not_after: dt.datetime | None) -> int | None:
+    if not_after is None:
+        return None
+    return (not_after - now).days
+
+
+def state_of(index: Index | None, now: dt.datetime, renew_before_days: int) -> State:
+    """Expired shows first (it hurts now), then a renewal in flight, then the certificate's own state."""
+    if index is None:
+        return State.NONE
+    nb, na = index.not_before_dt(), index.not_after_dt()
+    if na is not None and now >= na:
+        return State.EXPIRED
+    if index.pending_since:
+        return State.PENDING
+    if na is None:
+        return State.NONE
+    return State.EXPIRING if renewal_decision(now, nb, na, renew_before_days).due else State.ACTIVE
+
+
+@dataclass(frozen=True)
+class Step:
+    mzp: str
+    app: str
+    action: Action
+    reason: str
+
+
+def plan_one(mzp: str, app: str, index: Index | None, now: dt.datetime, renew_before_days: int) -> Step:
+    """What rotation does for one credential, judged from its index alone."""
+    if index is not None and index.pending_since:
+        since = index.pending_since_dt()
+        age = (now - since).days if since else 0
+        if not index.pending_submitted_at:
+            return Step(mzp, app, Action.SUBMIT, f"CSR made {age} days ago was never submitted")
+        return Step(mzp, app, Action.WAIT, f"CSR submitted {age} days ago, waiting for the authority")
+    nb = index.not_before_dt() if index else None
+    na = index.not_after_dt() if index else None
+    decision = renewal_decision(now, nb, na, renew_before_days)
+    if not decision.due:
+        return Step(mzp, app, Action.NOTHING, decision.reason)
+    return Step(mzp, app, Action.ISSUE if na is None else Action.RENEW, decision.reason)

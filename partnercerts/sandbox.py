@@ -1,0 +1,94 @@
+"""The sandbox authority: plays the PSA authority locally, for the demo inventory and for tests.
+
+Its CA key lives in Vault (store.sandbox_path). It checks the CSR the way the real
+authority is documented to (signature, OU, CN = MZP) and signs with clientAuth.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import certs, keys
+from .errors import Conflict, UserError
+from .profile import MZP_RE, OU
+from .store import Store
+
+CA_NAME = x509.Name([
+    x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "partnercerts sandbox"),
+    x509.NameAttribute(NameOID.COMMON_NAME, "partnercerts Sandbox Partner Authority"),
+])
+
+
+def _new_ca(now: dt.datetime) -> tuple[str, str]:
+    key = keys.generate("rsa3072")
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (x509.CertificateBuilder()
+            .subject_name(CA_NAME).issuer_name(CA_NAME)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .sign(key, hashes.SHA256()))
+    return keys.to_pem(key), certs.to_pem([cert])
+
+
+class Authority:
+    def __init__(self, store: Store, validity_days: int):
+        self.store = store
+        self.validity_days = validity_days
+
+    def _ca(self, now: dt.datetime):
+        rec = self.store.read(self.store.sandbox_path())
+        if rec is None:
+            key_pem, cert_pem = _new_ca(now)
+            try:
+                self.store.write(self.store.sandbox_path(), {"key_pem": key_pem, "cert_pem": cert_pem}, cas=0)
+            except Conflict:
+                pass  # another run created it first; use theirs
+            rec = self.store.read(self.store.sandbox_path())
+        return keys.from_pem(rec.data["key_pem"]), certs.from_pem(rec.data["cert_pem"])[0]
+
+    def ca_pem(self, now: dt.datetime) -> str:
+        return certs.to_pem([self._ca(now)[1]])
+
+    def sign(self, csr: x509.CertificateSigningRequest, now: dt.datetime, validity_days: int | None = None) -> str:
+        """Sign a partner CSR with the PSA profile; refuse what the real authority would refuse."""
+        if not csr.is_signature_valid:
+            raise UserError("sandbox authority: the CSR signature does not verify; make a new CSR")
+        ou = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+        cn = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if ou != [OU] or len(cn) != 1 or not MZP_RE.match(cn[0]):
+            raise UserError(f"sandbox authority: subject {csr.subject.rfc4514_string()!r} is not the partner profile "
+                            f"(OU={OU}, CN=MZP + six digits)")
+        ca_key, ca_cert = self._ca(now)
+        days = validity_days or self.validity_days
+        cert = (x509.CertificateBuilder()
+                .subject_name(csr.subject).issuer_name(ca_cert.subject)
+                .public_key(csr.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=days))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                             data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                             crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        return certs.to_pem([cert])
+
+    @staticmethod
+    def new_client_id() -> str:
+        return str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))

@@ -1,0 +1,61 @@
+"""Connecting to Vault/OpenBao: the standard VAULT_* environment, or the embedded workstation server."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hvac
+import requests
+
+from . import embedded
+from .errors import UserError
+from .settings import Settings
+
+
+def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
+    """An authenticated client: VAULT_ADDR if set, else the embedded server (started on demand)."""
+    env = dict(os.environ if env is None else env)
+    addr = env.get("VAULT_ADDR")
+    if not addr:
+        server = embedded.Embedded(settings)
+        server.up()
+        return server.client()
+    verify: bool | str = True
+    if env.get("VAULT_CACERT"):
+        verify = env["VAULT_CACERT"]
+        if not Path(verify).is_file():
+            raise UserError(f"VAULT_CACERT={verify}: no such file; point it at the CA that signed the Vault server's certificate")
+    if env.get("VAULT_SKIP_VERIFY", "").lower() in ("1", "true", "yes"):
+        verify = False
+    client = hvac.Client(url=addr, verify=verify, namespace=env.get("VAULT_NAMESPACE") or None, timeout=30)
+    token = env.get("VAULT_TOKEN")
+    if not token:
+        token_file = Path(env.get("HOME", "~")).expanduser() / ".vault-token"
+        if token_file.is_file():
+            token = token_file.read_text().strip()
+    try:
+        if token:
+            client.token = token
+        elif env.get("VAULT_ROLE_ID") and env.get("VAULT_SECRET_ID"):
+            client.auth.approle.login(role_id=env["VAULT_ROLE_ID"], secret_id=env["VAULT_SECRET_ID"],
+                                      mount_point=env.get("VAULT_APPROLE_MOUNT", "approle"))
+        else:
+            raise UserError(f"VAULT_ADDR={addr} is set but no credentials were found; set VAULT_TOKEN, "
+                            "write ~/.vault-token, or set VAULT_ROLE_ID and VAULT_SECRET_ID")
+    except hvac.exceptions.VaultError as exc:
+        raise UserError(f"Vault at {addr} refused the AppRole login ({_first_line(exc)}); "
+                        "check VAULT_ROLE_ID/VAULT_SECRET_ID") from None
+    except requests.exceptions.RequestException as exc:
+        raise UserError(unreachable(addr, exc)) from None
+    return client
+
+
+def unreachable(addr: str, exc: Exception) -> str:
+    if isinstance(exc, requests.exceptions.SSLError):
+        return (f"Vault at {addr}: TLS verification failed; set VAULT_CACERT to the CA that signed its certificate")
+    return f"Vault at {addr} is unreachable ({type(exc).__name__}); check VAULT_ADDR and that the server is up"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
