@@ -29,7 +29,7 @@ def iso(t: dt.datetime) -> str:
 
 
 def check_client_id(value: str) -> str:
-    if not CLIENT_ID_RE.match(value):
+    if not CLIENT_ID_RE.fullmatch(value):
         raise UserError(f"--client-id {value!r}: not a Client ID; use the identifier from the authority's reply "
                         "(letters, digits, '.', '_' and '-', at most 128)")
     return value
@@ -268,8 +268,10 @@ class Credentials:
     # -- status and rotation ---------------------------------------------------------------
     def rows(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Row]:
         """One row per credential from the index in custom metadata only; never reads secret data."""
+        creds = self.inventory.credentials(mzp, app)
+        self.store.check_mount()
         rows = []
-        for partner, application in self.inventory.credentials(mzp, app):
+        for partner, application in creds:
             found = self.store.read_index(partner.mzp, application.name)
             index, note = None, ""
             if found:
@@ -284,8 +286,10 @@ class Credentials:
         return rows
 
     def plan(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Step]:
+        creds = self.inventory.credentials(mzp, app)
+        self.store.check_mount()
         steps = []
-        for partner, application in self.inventory.credentials(mzp, app):
+        for partner, application in creds:
             found = self.store.read_index(partner.mzp, application.name)
             index = None
             if found:

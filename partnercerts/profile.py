@@ -93,25 +93,25 @@ def check_text(field: str, value: object, where: str) -> str:
 
 
 def check_mzp(value: object, where: str) -> str:
-    if not isinstance(value, str) or not MZP_RE.match(value):
+    if not isinstance(value, str) or not MZP_RE.fullmatch(value):
         raise UserError(f"{where}: field 'mzp' is {value!r}; it must be 'MZP' followed by six digits, e.g. MZP123456")
     return value
 
 
 def check_country(value: object, where: str) -> str:
-    if not isinstance(value, str) or not COUNTRY_RE.match(value):
+    if not isinstance(value, str) or not COUNTRY_RE.fullmatch(value):
         raise UserError(f"{where}: field 'country' is {value!r}; it must be two capital letters (ISO 3166), e.g. FR")
     return value
 
 
 def check_email(value: object, where: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_LEN["email"] or not EMAIL_RE.match(value):
+    if not isinstance(value, str) or len(value) > MAX_LEN["email"] or not EMAIL_RE.fullmatch(value):
         raise UserError(f"{where}: field 'email' is {value!r}; it must be a plain e-mail address, e.g. certs@example.com")
     return value
 
 
 def check_app(value: object, where: str) -> str:
-    if not isinstance(value, str) or not APP_RE.match(value):
+    if not isinstance(value, str) or not APP_RE.fullmatch(value):
         raise UserError(
             f"{where}: application name {value!r} is not allowed; use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
     return value

@@ -68,7 +68,7 @@ class Authority:
             raise UserError("sandbox authority: the CSR signature does not verify; make a new CSR")
         ou = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
         cn = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        if ou != [OU] or len(cn) != 1 or not MZP_RE.match(cn[0]):
+        if ou != [OU] or len(cn) != 1 or not MZP_RE.fullmatch(cn[0]):
             raise UserError(f"sandbox authority: subject {csr.subject.rfc4514_string()!r} is not the partner profile "
                             f"(OU={OU}, CN=MZP + six digits)")
         ca_key, ca_cert = self._ca(now)
