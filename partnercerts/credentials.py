@@ -260,7 +260,7 @@ class Credentials:
         self.store.check_mount()
         path = self.store.account_path(mzp)
         rec = self.store.read(path)
-        if rec and secrets.compare_digest(rec.data.get("password", ""), password):
+        if rec and secrets.compare_digest(rec.data.get("password", "").encode(), password.encode()):
             return False
         self.store.write(path, {"password": password, "updated_at": iso(now)}, cas=rec.version if rec else 0)
         return True

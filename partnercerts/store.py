@@ -108,7 +108,7 @@ class Store:
             return None
         except hvac.exceptions.Forbidden:
             raise UserError(f"Vault at {self.addr} denied {method.upper()} {url.removeprefix('/v1/')}; "
-                            "use a token or AppRole whose policy allows it (see policies/)") from None
+                            "use a token or AppRole whose policy allows it") from None
         except hvac.exceptions.VaultDown:
             raise UserError(f"Vault at {self.addr} is sealed or down; unseal it (or run scripts/inv vault.up)") from None
         except requests.exceptions.RequestException as exc:
@@ -116,10 +116,18 @@ class Store:
 
     def check_mount(self) -> None:
         """Fail early, with the fix, when the KV v2 mount is missing or is not version 2."""
-        resp = self._call("get", f"/v1/sys/internal/ui/mounts/{self.mount}")
+        try:
+            resp = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
+        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+            resp = None  # Vault answers 403 for a mount that does not exist, even to root
+        except hvac.exceptions.VaultDown:
+            raise UserError(f"Vault at {self.addr} is sealed or down; unseal it (or run scripts/inv vault.up)") from None
+        except requests.exceptions.RequestException as exc:
+            raise UserError(unreachable(self.addr, exc)) from None
         data = (resp or {}).get("data") if isinstance(resp, dict) else None
         if not data or data.get("type") not in ("kv", "generic") or data.get("path", "").strip("/") != self.mount:
-            raise UserError(f"KV v2 mount '{self.mount}' does not exist at {self.addr}; create it with "
+            raise UserError(f"KV v2 mount '{self.mount}' does not exist at {self.addr} (or this token may not use it); "
+                            "create it with "
                             "scripts/inv vault.bootstrap, or set PARTNERCERTS_KV_MOUNT to an existing one")
         if str((data.get("options") or {}).get("version")) != "2":
             raise UserError(f"mount '{self.mount}' at {self.addr} is KV version 1; partnercerts needs KV v2 "
@@ -146,7 +154,7 @@ class Store:
             raise
         except hvac.exceptions.Forbidden:
             raise UserError(f"Vault at {self.addr} denied writing {self.mount}/data/{path}; "
-                            "use a token or AppRole whose policy allows it (see policies/)") from None
+                            "use a token or AppRole whose policy allows it") from None
         except hvac.exceptions.VaultDown:
             raise UserError(f"Vault at {self.addr} is sealed or down; unseal it (or run scripts/inv vault.up)") from None
         except requests.exceptions.RequestException as exc:
