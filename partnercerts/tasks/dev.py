@@ -1,6 +1,7 @@
 """Developer tasks: the test suite."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 from invoke import task
@@ -8,15 +9,15 @@ from invoke import task
 from ..settings import ROOT
 
 
-@task(help={"k": "only tests matching this pytest -k expression", "path": "a test file or directory (default: tests)"})
+@task(help={"k": "only tests matching this pytest -k expression",
+            "path": "a test file or directory (default: tests)"})
 def test(c, k=None, path="tests"):
-    """Run the whole test suite against real OpenBao servers started by its fixtures."""
+    """Run the whole test suite against real OpenBao servers (and SSH hosts) started by its fixtures."""
+    deps = ROOT / "scripts" / "install-system-deps"
+    if deps.exists():
+        c.run(shlex.quote(str(deps)), echo=True)
     args = [sys.executable, "-m", "pytest", path, "-ra"]
     if k:
         args += ["-k", k]
-    c.run(" ".join(_quote(a) for a in args), pty=False, echo=True, cwd=str(ROOT))
-
-
-def _quote(arg: str) -> str:
-    import shlex
-    return shlex.quote(arg)
+    with c.cd(str(ROOT)):
+        c.run(" ".join(shlex.quote(a) for a in args), echo=True, pty=False)
