@@ -68,12 +68,15 @@ class Row:
     not_after: str
     days_left: int | None
     pending_since: str
+    hosts_in_sync: int | None = None
+    hosts_total: int | None = None
     note: str = field(default="", compare=False)
 
     def as_json(self) -> dict:
         return {"mzp": self.mzp, "app": self.app, "client_id": self.client_id or None, "state": self.state,
                 "serial": self.serial or None, "not_after": self.not_after or None, "days_left": self.days_left,
-                "pending_since": self.pending_since or None}
+                "pending_since": self.pending_since or None, "hosts_in_sync": self.hosts_in_sync,
+                "hosts_total": self.hosts_total}
 
 
 class Credentials:
@@ -92,20 +95,53 @@ class Credentials:
         """Derive the index from the records themselves and write it (repairs a stale index)."""
         cur = self.store.read(self.store.current_path(mzp, app))
         pend = self._live_pending(mzp, app)
+        hosts = self.store.read(self.store.hosts_path(mzp, app))
         index = Index()
         if cur:
             d = cur.data
+            anchors = certs.from_pem(d.get("ca_pem", ""))
             index = Index(serial=d["serial"], not_before=d["not_before"], not_after=d["not_after"],
                           client_id=d["client_id"], fingerprint_sha256=d["fingerprint_sha256"],
+                          key_sha256=d.get("key_sha256", ""),
+                          ca_fingerprint_sha256=certs.fingerprint(anchors[0]) if anchors else "",
                           key_spec=d.get("key_spec", ""), current_version=str(cur.version))
         if pend:
             index.pending_since = pend.data["created_at"]
             index.pending_submitted_at = pend.data.get("submitted_at", "")
             index.pending_submission = pend.data.get("submission", "")
             index.key_spec = index.key_spec or pend.data.get("key_spec", "")
+        if hosts:
+            seen = hosts.data.get("hosts", {})
+            index.hosts_total = str(len(seen))
+            index.hosts_in_sync = str(sum(1 for h in seen.values()
+                                          if h.get("in_sync") and h.get("fingerprint_sha256") == index.fingerprint_sha256))
+            index.hosts_checked_at = hosts.data.get("checked_at", "")
         index.updated_at = iso(dt.datetime.now(dt.timezone.utc))
         self.store.write_index(mzp, app, index)
         return index
+
+    def record_hosts(self, mzp: str, app: str, reports: dict[str, dict], all_hosts: set[str], now: dt.datetime) -> Index:
+        """Remember what each host serves (from a deploy or verify run) and refresh the index's counts.
+
+        `reports` maps host to {"in_sync", "fingerprint_sha256", "serial", "drift"} for the hosts
+        checked in this run; hosts not checked keep their last report; hosts no longer in the
+        inventory (`all_hosts`) are forgotten.
+        """
+        path = self.store.hosts_path(mzp, app)
+        for _ in range(5):
+            rec = self.store.read(path)
+            seen = dict(rec.data.get("hosts", {})) if rec else {}
+            seen = {h: v for h, v in seen.items() if h in all_hosts}
+            for host in all_hosts - set(seen) - set(reports):
+                seen[host] = {"in_sync": False, "drift": ["missing: never checked"], "checked_at": ""}
+            for host, report in reports.items():
+                seen[host] = {**report, "checked_at": iso(now)}
+            try:
+                self.store.write(path, {"hosts": seen, "checked_at": iso(now)}, cas=rec.version if rec else 0)
+                break
+            except Conflict:
+                continue  # another run reported at the same time: merge again
+        return self.reindex(mzp, app)
 
     def _settle_crashed_import(self, mzp: str, app: str, pend: Record) -> Record | None:
         """A pending record whose key is already current was imported by a run that died before the tombstone."""
@@ -235,6 +271,39 @@ class Credentials:
         return ImportResult(mzp, app, serial, record["not_after"], record["fingerprint_sha256"], client_id,
                             warning=warning)
 
+    def rollback(self, mzp: str, app: str, now: dt.datetime, to: str | None = None) -> ImportResult:
+        """Make an earlier certificate of the history current again (default: the one before current)."""
+        self.inventory.partner(mzp).app(app)
+        self.store.check_mount()
+        cur = self.store.read(self.store.current_path(mzp, app))
+        if cur is None:
+            raise UserError(f"{mzp}/{app}: no current certificate, so nothing to roll back from")
+        serials = self.store.list(f"{self.store.credential_path(mzp, app)}/history")
+        if to is None:
+            older = []
+            for serial in serials:
+                rec = self.store.read(self.store.history_path(mzp, app, serial))
+                if rec and serial != cur.data["serial"]:
+                    older.append((rec.data.get("imported_at", ""), serial, rec))
+            older = [o for o in older if o[0] <= cur.data.get("imported_at", "")] or older
+            if not older:
+                raise UserError(f"{mzp}/{app}: the history holds no other certificate to roll back to")
+            _, to, target = max(older)
+        else:
+            target = self.store.read(self.store.history_path(mzp, app, to)) if to in serials else None
+            if target is None:
+                raise UserError(f"--to {to}: no such serial in the history of {mzp}/{app} "
+                                f"(it has: {', '.join(serials) or 'none'})")
+        if to == cur.data["serial"]:
+            raise UserError(f"--to {to}: that certificate is already current")
+        not_after = dt.datetime.fromisoformat(target.data["not_after"])
+        if not_after <= now:
+            raise UserError(f"--to {to}: that certificate expired on {target.data['not_after']}; pick a valid one")
+        self.store.write(self.store.current_path(mzp, app), target.data, cas=cur.version)
+        self.reindex(mzp, app)
+        d = target.data
+        return ImportResult(mzp, app, d["serial"], d["not_after"], d["fingerprint_sha256"], d["client_id"])
+
     # -- PKCS#12 and account ------------------------------------------------------------
     def current(self, mzp: str, app: str) -> dict:
         self.inventory.partner(mzp).app(app)
@@ -280,9 +349,12 @@ class Credentials:
                     note = "index is stale; scripts/inv rotate repairs it"
             state = state_of(index, now, partner.renew_before_days)
             na = index.not_after_dt() if index else None
+            synced = index is not None and bool(index.hosts_total)
             rows.append(Row(partner.mzp, application.name, index.client_id if index else "", state.value,
                             index.serial if index else "", index.not_after if index else "", days_left(now, na),
-                            index.pending_since if index else "", note))
+                            index.pending_since if index else "",
+                            int(index.hosts_in_sync or 0) if synced else None,
+                            int(index.hosts_total) if synced else None, note))
         return rows
 
     def plan(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Step]:
@@ -317,6 +389,9 @@ class Credentials:
         if pend is None:
             return "no pending CSR (already imported by another run)"
         if partner.submission == "sandbox":
+            if self.store.read(self.store.account_path(partner.mzp)) is None:
+                # Like PSA handing out the MZP password: the sandbox makes one up once.
+                self.set_account_password(partner.mzp, secrets.token_urlsafe(18), now)
             cur = self.store.read(self.store.current_path(partner.mzp, app))
             client_id = cur.data["client_id"] if cur else Authority.new_client_id()
             cert_pem = self.authority.sign(csrmod.from_pem(pend.data["csr_pem"]), now)

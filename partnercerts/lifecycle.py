@@ -79,6 +79,14 @@ class Step:
     app: str
     action: Action
     reason: str
+    hosts_behind: bool = False  # its hosts were never checked, or some do not serve the current certificate
+
+
+def hosts_behind(index: Index | None) -> bool:
+    """Whether the hosts of a credential may not serve its current certificate (per the last report)."""
+    if index is None or not index.serial:
+        return False
+    return not index.hosts_total or index.hosts_in_sync != index.hosts_total
 
 
 def plan_one(mzp: str, app: str, index: Index | None, now: dt.datetime, renew_before_days: int) -> Step:
@@ -87,11 +95,12 @@ def plan_one(mzp: str, app: str, index: Index | None, now: dt.datetime, renew_be
         since = index.pending_since_dt()
         age = (now - since).days if since else 0
         if not index.pending_submitted_at:
-            return Step(mzp, app, Action.SUBMIT, f"CSR made {age} days ago was never submitted")
-        return Step(mzp, app, Action.WAIT, f"CSR submitted {age} days ago, waiting for the authority")
+            return Step(mzp, app, Action.SUBMIT, f"CSR made {age} days ago was never submitted", hosts_behind(index))
+        return Step(mzp, app, Action.WAIT, f"CSR submitted {age} days ago, waiting for the authority",
+                    hosts_behind(index))
     nb = index.not_before_dt() if index else None
     na = index.not_after_dt() if index else None
     decision = renewal_decision(now, nb, na, renew_before_days)
     if not decision.due:
-        return Step(mzp, app, Action.NOTHING, decision.reason)
+        return Step(mzp, app, Action.NOTHING, decision.reason, hosts_behind(index))
     return Step(mzp, app, Action.ISSUE if na is None else Action.RENEW, decision.reason)

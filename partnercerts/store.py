@@ -9,6 +9,8 @@ Layout under the KV v2 mount (default `secret`) and prefix (default `partnercert
                                                   serial, not_after, fingerprint, PKCS#12 password
     <prefix>/<mzp>/apps/<app>/history/<serial>    every imported certificate with its key,
                                                   written once, never overwritten
+    <prefix>/<mzp>/apps/<app>/hosts               per host: what it serves and whether that is
+                                                  in sync with current (no secrets)
     <prefix>/sandbox/authority                    the sandbox authority's CA key and certificate
 
 The custom metadata of `current` is the credential's index (state, serial, not_after,
@@ -48,11 +50,16 @@ class Index:
     not_after: str = ""
     client_id: str = ""
     fingerprint_sha256: str = ""
+    key_sha256: str = ""
+    ca_fingerprint_sha256: str = ""
     key_spec: str = ""
     pending_since: str = ""
     pending_submitted_at: str = ""
     pending_submission: str = ""
     current_version: str = "0"
+    hosts_total: str = ""
+    hosts_in_sync: str = ""
+    hosts_checked_at: str = ""
     updated_at: str = ""
 
     @classmethod
@@ -96,6 +103,9 @@ class Store:
 
     def history_path(self, mzp: str, app: str, serial: str) -> str:
         return f"{self.credential_path(mzp, app)}/history/{serial}"
+
+    def hosts_path(self, mzp: str, app: str) -> str:
+        return f"{self.credential_path(mzp, app)}/hosts"
 
     def sandbox_path(self) -> str:
         return f"{self.prefix}/sandbox/authority"

@@ -13,6 +13,7 @@ from invoke.exceptions import Exit
 from .. import certs
 from ..errors import UserError
 from ..lifecycle import Action
+from ._ansible import playbook
 from ._common import credentials, info, now, reports_errors
 
 MZP_HELP = "partner login, e.g. MZP123456 (as defined in the inventory)"
@@ -137,11 +138,13 @@ def rotate(c, mzp=None, app=None, dry_run=False):
     for s in steps:
         print(f"  {f'{s.mzp}/{s.app}'.ljust(width)}  {s.action.value:<8} {s.reason}")
     todo = [s for s in steps if s.action not in (Action.NOTHING, Action.WAIT)]
-    if not todo:
+    behind = [s for s in steps if s.hosts_behind and s not in todo]
+    if not todo and not behind:
         print("nothing to do")
         return
     if dry_run:
-        print(f"dry run: {len(todo)} credential(s) would change; nothing was changed")
+        print(f"dry run: {len(todo)} credential(s) would change, {len(todo) + len(behind)} would be deployed; "
+              "nothing was changed")
         return
     failed = []
     for s in todo:
@@ -150,6 +153,14 @@ def rotate(c, mzp=None, app=None, dry_run=False):
         except UserError as exc:
             failed.append(f"{s.mzp}/{s.app}")
             print(f"  {f'{s.mzp}/{s.app}'.ljust(width)}  FAILED: {exc}", file=sys.stderr)
+    deploy = [f"{s.mzp}/{s.app}" for s in todo + behind if f"{s.mzp}/{s.app}" not in failed]
+    rc = 0
+    if deploy:
+        print(f"deploying {len(deploy)} credential(s) to their hosts: {', '.join(deploy)}")
+        rc = playbook("deploy.yml", creds.settings, extra={"partnercerts_deploy_only": deploy})
     if failed:
         raise Exit(f"error: rotation failed for {', '.join(failed)} (see above); the others were done", code=1)
-    print(f"done: {len(todo)} credential(s) changed")
+    if rc != 0:
+        raise Exit(f"error: deploying failed on some hosts (ansible-playbook exit {rc}); see the lines above; "
+                   "the next run retries them", code=rc)
+    print(f"done: {len(todo)} credential(s) changed, {len(deploy)} deployed and verified")

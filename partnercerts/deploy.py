@@ -1,0 +1,105 @@
+"""What a host gets for one credential, and how what a host has compares with Vault.
+
+Used by the Ansible action plugin (plugins/action/partnercerts_release.py) on the control
+node: secrets go from Vault to the module's arguments in memory, never to a file here.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+
+from . import certs, keys
+from .errors import UserError
+from .store import Index, Store
+
+DEFAULT_API_URL = "https://api-cert.groupe-psa.com/connectedcar/v3"
+MODES = {"client.crt": "0644", "client.key": "0600", "ca.crt": "0644", "client.p12": "0600", "client.env": "0600"}
+_PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
+
+
+@dataclass(frozen=True)
+class Release:
+    serial: str
+    release_id: str
+    files: dict[str, bytes]
+
+    def module_files(self) -> dict:
+        return {name: {"content": base64.b64encode(data).decode("ascii"), "mode": MODES[name]}
+                for name, data in self.files.items()}
+
+
+def env_value(value: str) -> str:
+    """A value both `sh` and systemd's EnvironmentFile read back unchanged."""
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise UserError("a value for client.env contains a line break; fix it in Vault")
+    if _PLAIN.match(value):
+        return value
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
+
+
+def build_release(mzp: str, app: str, current: dict, password: str, api_url: str) -> Release:
+    """The five files of a release, from the current record and the MZP password."""
+    if not current.get("ca_pem"):
+        raise UserError(f"{mzp}/{app}: no CA certificate in Vault, and clients need it to verify the API; "
+                        f"import the certificate again with --ca FILE")
+    key = keys.from_pem(current["key_pem"])
+    leaf = certs.from_pem(current["cert_pem"])[0]
+    chain = certs.from_pem(current["chain_pem"])
+    anchors = certs.from_pem(current["ca_pem"])
+    p12 = certs.pkcs12_bundle(key, leaf, chain + anchors, current["p12_password"], f"{mzp}-{app}")
+    env = "".join(f"{k}={env_value(v)}\n" for k, v in (
+        ("PSA_MZP", mzp), ("PSA_CLIENT_ID", current["client_id"]), ("PSA_API_URL", api_url),
+        ("PSA_MZP_PASSWORD", password), ("PSA_P12_PASSWORD", current["p12_password"])))
+    files = {
+        "client.crt": (current["cert_pem"] + current["chain_pem"]).encode(),
+        "client.key": current["key_pem"].encode(),
+        "ca.crt": current["ca_pem"].encode(),
+        "client.p12": p12,
+        "client.env": env.encode(),
+    }
+    # The p12 differs on every build (random salt), so identity comes from the sources;
+    # the private key among them makes the digest unguessable.
+    h = hashlib.sha256()
+    for part in (files["client.crt"], files["client.key"], files["ca.crt"], files["client.env"],
+                 repr(sorted(MODES.items())).encode()):
+        h.update(hashlib.sha256(part).digest())
+    return Release(serial=current["serial"], release_id=h.hexdigest(), files=files)
+
+
+def release_from_vault(store: Store, mzp: str, app: str, api_url: str) -> Release:
+    cur = store.read(store.current_path(mzp, app))
+    if cur is None:
+        raise UserError(f"{mzp}/{app}: no current certificate in Vault to deploy; run scripts/inv rotate --mzp {mzp} --app {app}")
+    acct = store.read(store.account_path(mzp))
+    if acct is None or not acct.data.get("password"):
+        raise UserError(f"{mzp}: no MZP password in Vault, and API calls need it; store it with scripts/inv account --mzp {mzp}")
+    return build_release(mzp, app, cur.data, acct.data["password"], api_url)
+
+
+def drift(index: Index | None, host: dict, now: dt.datetime, expiring_days: int) -> list[str]:
+    """How what a host serves from `current` differs from Vault's index; [] when in sync."""
+    if index is None or not index.serial:
+        return ["stale: Vault has no current certificate for this credential"]
+    if not host.get("present"):
+        return ["missing: nothing deployed in current"] + [f"mismatched: {p}" for p in host.get("problems", [])]
+    out = [f"mismatched: {p}" for p in host.get("problems", [])]
+    if host.get("fingerprint_sha256") != index.fingerprint_sha256:
+        if host.get("serial") == index.serial:
+            out.append("mismatched: client.crt differs from Vault's certificate with the same serial")
+        else:
+            out.append(f"stale: serves serial {host.get('serial') or '?'}, Vault's current is {index.serial}")
+    elif index.key_sha256 and host.get("key_sha256") != index.key_sha256:
+        out.append("mismatched: client.key is not Vault's key")
+    if index.ca_fingerprint_sha256 and host.get("ca_fingerprint_sha256") != index.ca_fingerprint_sha256:
+        out.append("mismatched: ca.crt is not Vault's CA certificate")
+    na = host.get("not_after")
+    if na:
+        left = dt.datetime.fromisoformat(na) - now
+        if left <= dt.timedelta(0):
+            out.append(f"expiring: the served certificate expired on {na}")
+        elif left < dt.timedelta(days=expiring_days):
+            out.append(f"expiring: the served certificate expires in {left.days} days ({na})")
+    return out

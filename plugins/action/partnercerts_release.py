@@ -1,0 +1,69 @@
+"""Action plugin: reads one credential from Vault through the core package, in memory, and hands
+it to the partnercerts_release module on the host. Secrets never enter the task's arguments,
+its results, or a file on the control node."""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from partnercerts import deploy  # noqa: E402
+from partnercerts.errors import UserError  # noqa: E402
+from partnercerts.settings import Settings  # noqa: E402
+from partnercerts.store import Store  # noqa: E402
+from partnercerts.vault import connect  # noqa: E402
+
+_STORE: dict[int, Store] = {}
+
+
+def store() -> Store:
+    import os
+    pid = os.getpid()  # one connection per worker process
+    if pid not in _STORE:
+        settings = Settings.from_env()
+        _STORE[pid] = Store(connect(settings), settings)
+    return _STORE[pid]
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("mzp", "app", "dest", "state", "owner", "group", "keep", "to", "api_url", "url",
+                             "timeout", "expiring_days"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        args = dict(self._task.args)
+        state = args.get("state", "present")
+        mzp, app = args.pop("mzp", None), args.pop("app", None)
+        api_url = args.pop("api_url", None) or deploy.DEFAULT_API_URL
+        expiring_days = int(args.pop("expiring_days", 14))
+        try:
+            if state == "present":
+                if not mzp or not app:
+                    raise AnsibleActionFail("mzp and app are required with state=present")
+                release = deploy.release_from_vault(store(), mzp, app, api_url)
+                args.update(serial=release.serial, release_id=release.release_id, files=release.module_files())
+            module = self._execute_module(module_name="partnercerts_release", module_args=args,
+                                          task_vars=task_vars)
+            module.pop("invocation", None)
+            if state == "inspect" and mzp and app and not module.get("failed"):
+                found = store().read_index(mzp, app)
+                now = dt.datetime.now(dt.timezone.utc)
+                problems = deploy.drift(found[0] if found else None, module, now, expiring_days)
+                module["drift"] = problems
+                module["in_sync"] = not problems
+                if problems:
+                    module["failed"] = True
+                    module["msg"] = f"{mzp}/{app} in {args.get('dest')}: " + "; ".join(problems)
+        except UserError as exc:
+            raise AnsibleActionFail(str(exc)) from None
+        result.update(module)
+        result["partnercerts"] = {"mzp": mzp, "app": app, "state": state}
+        return result
