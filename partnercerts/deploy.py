@@ -47,6 +47,9 @@ def build_release(mzp: str, app: str, current: dict, password: str, api_url: str
                         f"import the certificate again with --ca FILE")
     key = keys.from_pem(current["key_pem"])
     leaf = certs.from_pem(current["cert_pem"])[0]
+    if keys.spki_sha256(key.public_key()) != keys.spki_sha256(leaf.public_key()):
+        raise UserError(f"{mzp}/{app}: Vault's key does not match its certificate (serial {current['serial']}); "
+                        "refusing to deploy; restore it with scripts/inv rollback")
     chain = certs.from_pem(current["chain_pem"])
     anchors = certs.from_pem(current["ca_pem"])
     p12 = certs.pkcs12_bundle(key, leaf, chain + anchors, current["p12_password"], f"{mzp}-{app}")

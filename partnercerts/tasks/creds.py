@@ -83,9 +83,10 @@ def status(c, json=False, mzp=None, app=None):
     if json:
         print(jsonlib.dumps([r.as_json() for r in rows], indent=2))
         return
-    header = ("mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since")
+    header = ("mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since", "hosts")
     table = [header] + [(r.mzp, r.app, r.client_id or "-", r.state, r.serial or "-", r.not_after or "-",
-                         "-" if r.days_left is None else str(r.days_left), r.pending_since or "-") for r in rows]
+                         "-" if r.days_left is None else str(r.days_left), r.pending_since or "-",
+                         "-" if r.hosts_total is None else f"{r.hosts_in_sync}/{r.hosts_total}") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
@@ -126,10 +127,11 @@ def account(c, mzp):
 
 
 @task(help={"mzp": "only this partner", "app": "only this application",
-            "dry-run": "print the plan and change nothing"})
+            "dry-run": "print the plan and change nothing",
+            "no-deploy": "change credentials in Vault only; leave the hosts to a later deploy"})
 @reports_errors
-def rotate(c, mzp=None, app=None, dry_run=False):
-    """Plan, then apply: issue or renew what is due, submit pending CSRs, import what the authority signed."""
+def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
+    """Plan, then apply: renew what is due, import what the authority signed, deploy and verify on the hosts."""
     creds = credentials()
     when = now()
     steps = creds.plan(when, mzp, app)
@@ -138,7 +140,7 @@ def rotate(c, mzp=None, app=None, dry_run=False):
     for s in steps:
         print(f"  {f'{s.mzp}/{s.app}'.ljust(width)}  {s.action.value:<8} {s.reason}")
     todo = [s for s in steps if s.action not in (Action.NOTHING, Action.WAIT)]
-    behind = [s for s in steps if s.hosts_behind and s not in todo]
+    behind = [s for s in steps if s.hosts_behind and s not in todo and not no_deploy]
     if not todo and not behind:
         print("nothing to do")
         return
@@ -153,7 +155,7 @@ def rotate(c, mzp=None, app=None, dry_run=False):
         except UserError as exc:
             failed.append(f"{s.mzp}/{s.app}")
             print(f"  {f'{s.mzp}/{s.app}'.ljust(width)}  FAILED: {exc}", file=sys.stderr)
-    deploy = [f"{s.mzp}/{s.app}" for s in todo + behind if f"{s.mzp}/{s.app}" not in failed]
+    deploy = [] if no_deploy else [f"{s.mzp}/{s.app}" for s in todo + behind if f"{s.mzp}/{s.app}" not in failed]
     rc = 0
     if deploy:
         print(f"deploying {len(deploy)} credential(s) to their hosts: {', '.join(deploy)}")
