@@ -1,8 +1,10 @@
 """partnercerts tasks: `scripts/inv --list` shows them, `scripts/inv --help TASK` explains one."""
 from invoke import Collection
 
-from partnercerts.tasks import creds, dev, vault
+from partnercerts.tasks import creds, dev, hosts, sandbox, vault
 
-ns = Collection(creds.csr, creds.import_cert, creds.status, creds.p12, creds.account, creds.rotate, dev.test)
+ns = Collection(creds.csr, creds.import_cert, creds.status, creds.p12, creds.account, creds.rotate,
+                hosts.deploy, hosts.verify, hosts.rollback, dev.test)
 ns.add_collection(Collection.from_module(vault, name="vault"))
+ns.add_collection(Collection.from_module(sandbox, name="sandbox"))
 ns.configure({"run": {"echo": False}})

@@ -50,6 +50,7 @@ class Partner:
 class Inventory:
     path: Path
     partners: tuple[Partner, ...] = field(default_factory=tuple)
+    sandbox_api: bool = False  # `partnercerts_sandbox_api: true`: tasks start the local sandbox API before deploying
 
     def partner(self, mzp: str) -> Partner:
         for p in self.partners:
@@ -102,6 +103,7 @@ def load(path: Path) -> Inventory:
         raise UserError(f"inventory {path} is not a directory; set PARTNERCERTS_INVENTORY to an inventory "
                         "directory such as inventories/local")
     partners: list[Partner] = []
+    sandbox_api = False
     for file in _var_files(path):
         try:
             doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
@@ -111,7 +113,13 @@ def load(path: Path) -> Inventory:
             raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix the syntax") from None
         except UnicodeDecodeError:
             raise UserError(f"{file}: not UTF-8 text; save it as UTF-8") from None
-        if not isinstance(doc, dict) or VAR not in doc:
+        if not isinstance(doc, dict):
+            continue
+        if "partnercerts_sandbox_api" in doc:
+            if not isinstance(doc["partnercerts_sandbox_api"], bool):
+                raise UserError(f"{file}: partnercerts_sandbox_api must be true or false")
+            sandbox_api = doc["partnercerts_sandbox_api"]
+        if VAR not in doc:
             continue
         raw_list = doc[VAR]
         if not isinstance(raw_list, list):
@@ -123,7 +131,7 @@ def load(path: Path) -> Inventory:
         if p.mzp in seen:
             raise UserError(f"{p.source}: partner {p.mzp} is defined twice (also in {seen[p.mzp]}); keep one definition")
         seen[p.mzp] = p.source
-    return Inventory(path=path, partners=tuple(partners))
+    return Inventory(path=path, partners=tuple(partners), sandbox_api=sandbox_api)
 
 
 def _partner(raw: object, where: str, source: str) -> Partner:

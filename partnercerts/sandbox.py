@@ -1,11 +1,13 @@
 """The sandbox authority: plays the PSA authority locally, for the demo inventory and for tests.
 
 Its CA key lives in Vault (store.sandbox_path). It checks the CSR the way the real
-authority is documented to (signature, OU, CN = MZP) and signs with clientAuth.
+authority is documented to (signature, OU, CN = MZP) and signs with clientAuth. It also issues
+the TLS server certificate of the sandbox API (partnercerts/sandbox_api.py).
 """
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
 import uuid
 
@@ -88,6 +90,43 @@ class Authority:
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         return certs.to_pem([cert])
+
+    def issue_server_cert(self, names: list[str], now: dt.datetime, validity_days: int = 90):
+        """A TLS server key and certificate for the sandbox API, signed by this CA: serverAuth, one SAN per name
+        (IP addresses as IP SANs, anything else as a DNS name). The key is returned, never stored."""
+        sans: list[x509.GeneralName] = []
+        for name in dict.fromkeys(n.strip() for n in names if n and n.strip()):
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                sans.append(x509.DNSName(name))
+        if not sans:
+            raise UserError("sandbox authority: a server certificate needs at least one name or address")
+        ca_key, ca_cert = self._ca(now)
+        key = keys.generate("rsa2048")
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "partnercerts sandbox"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "partnercerts sandbox API"),
+        ])
+        cert = (x509.CertificateBuilder()
+                .subject_name(subject).issuer_name(ca_cert.subject)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(min(now + dt.timedelta(days=validity_days), ca_cert.not_valid_after_utc))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                             data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                             crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        return key, cert
+
+    def ca_cert(self, now: dt.datetime) -> x509.Certificate:
+        return self._ca(now)[1]
 
     @staticmethod
     def new_client_id() -> str:
