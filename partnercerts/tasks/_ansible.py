@@ -13,6 +13,10 @@ from ..settings import ROOT, Settings
 def playbook(name: str, settings: Settings, *, limit: str | None = None, check: bool = False, diff: bool = False,
              extra: dict | None = None, verbose: int = 0) -> int:
     """Run playbooks/<name> on the configured inventory; returns ansible-playbook's exit code."""
+    from .. import inventory
+    from .sandbox import ensure_running
+    if inventory.load(settings.inventory).sandbox_api:
+        ensure_running(settings)
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(settings.inventory),
            str(ROOT / "playbooks" / name)]
     if limit:

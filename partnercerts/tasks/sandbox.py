@@ -137,17 +137,9 @@ def _child_env(settings: Settings) -> dict:
     return env
 
 
-@task(help={"port": f"TCP port to listen on (default ${PORT_ENV}, else {DEFAULT_PORT})",
-            "bind": "comma-separated IP addresses to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"})
-@reports_errors
-def up(c, port=None, bind="127.0.0.1"):
-    """Start the sandbox API in the background (mutual TLS with sandbox certificates, client_id, Basic auth)."""
-    settings = Settings.from_env()
+def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
+    """Start the server in the background unless it already runs there; returns the lines to print."""
     daemon = Daemon(settings)
-    port = _port(port, "--port") if port not in (None, "") else default_port()
-    addrs = list(dict.fromkeys(str(parse_address(a)) for a in bind.split(",") if a.strip()))
-    if not addrs:
-        raise UserError("--bind is empty; give at least one IP address, e.g. 127.0.0.1")
     running = daemon.pid()
     if running:
         info = daemon.info()
@@ -155,8 +147,7 @@ def up(c, port=None, bind="127.0.0.1"):
             raise UserError(f"the sandbox API is already running (pid {running}) on "
                             f"{', '.join(_urls(info.get('bind') or [], info.get('port') or 0))}; "
                             "run scripts/inv sandbox.down first to start it elsewhere")
-        print(f"already running (pid {running}): {', '.join(_urls(addrs, port))}")
-        return
+        return [f"already running (pid {running}): {', '.join(_urls(addrs, port))}"]
     _check_free(addrs, port)
     daemon.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(daemon.dir, 0o700)
@@ -182,10 +173,29 @@ def up(c, port=None, bind="127.0.0.1"):
             raise UserError(f"the sandbox API did not accept connections on port {port} within {START_SECONDS} s "
                             f"(see {daemon.log_file})")
         time.sleep(0.1)
-    print(f"sandbox API up (pid {proc.pid}): {', '.join(_urls(addrs, port))}")
-    print(f"  GET {BASE_PATH}/fleets?client_id=<Client ID> with the credential's certificate and key, "
-          "Basic auth MZP:password; verify the server with the sandbox CA (the partner's ca.crt)")
-    print(f"  log: {daemon.log_file}")
+    return [f"sandbox API up (pid {proc.pid}): {', '.join(_urls(addrs, port))}",
+            f"  GET {BASE_PATH}/fleets?client_id=<Client ID> with the credential's certificate and key, "
+            "Basic auth MZP:password; verify the server with the sandbox CA (the partner's ca.crt)",
+            f"  log: {daemon.log_file}"]
+
+
+def ensure_running(settings: Settings) -> None:
+    """For inventories with `partnercerts_sandbox_api: true`: have the API up before hosts call it."""
+    if Daemon(settings).pid() is None:
+        for line in start(settings, default_port(), ["127.0.0.1"])[:1]:
+            print(line, file=sys.stderr)
+
+
+@task(help={"port": f"TCP port to listen on (default ${PORT_ENV}, else {DEFAULT_PORT})",
+            "bind": "comma-separated IP addresses to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"})
+@reports_errors
+def up(c, port=None, bind="127.0.0.1"):
+    """Start the sandbox API in the background (mutual TLS with sandbox certificates, client_id, Basic auth)."""
+    port = _port(port, "--port") if port not in (None, "") else default_port()
+    addrs = list(dict.fromkeys(str(parse_address(a)) for a in bind.split(",") if a.strip()))
+    if not addrs:
+        raise UserError("--bind is empty; give at least one IP address, e.g. 127.0.0.1")
+    print("\n".join(start(Settings.from_env(), port, addrs)))
 
 
 @task
