@@ -1,9 +1,12 @@
 """Host tasks: deploy, verify and rollback, over the same playbooks a user runs with ansible-playbook."""
 from __future__ import annotations
 
+import re
+
 from invoke import task
 from invoke.exceptions import Exit
 
+from ..errors import UserError
 from ..settings import Settings
 from ._ansible import playbook
 from ._common import credentials, info, now, reports_errors
@@ -18,12 +21,21 @@ def _run(name: str, **kw) -> None:
 
 @task(help={"limit": "only these hosts (an Ansible --limit pattern)",
             "check": "show what would change (with a diff of release names), change nothing",
-            "only": "only these credentials, comma-separated MZP/app"})
+            "only": "only these credentials, comma-separated MZP/app",
+            "batches": "deploy in batches, e.g. 1,100% (one canary host first); a failed batch stops the rest"})
 @reports_errors
-def deploy(c, limit=None, check=False, only=None):
+def deploy(c, limit=None, check=False, only=None, batches=None):
     """Deploy every host's credentials from Vault: stage, check, switch, reload, verify; roll back on failure."""
-    extra = {"partnercerts_deploy_only": [x.strip() for x in only.split(",") if x.strip()]} if only else None
-    _run("deploy.yml", limit=limit, check=check, diff=check, extra=extra)
+    extra: dict = {}
+    if only:
+        extra["partnercerts_deploy_only"] = [x.strip() for x in only.split(",") if x.strip()]
+    if batches:
+        sizes = [b.strip() for b in batches.split(",") if b.strip()]
+        if not sizes or not all(re.fullmatch(r"[1-9][0-9]*%?", b) for b in sizes):
+            raise UserError(f"--batches {batches!r}: give batch sizes like 1,100% or 2,50%")
+        extra["partnercerts_deploy_serial"] = [int(b) if b.isdigit() else b for b in sizes]
+        extra["partnercerts_deploy_max_fail_percentage"] = 0
+    _run("deploy.yml", limit=limit, check=check, diff=check, extra=extra or None)
 
 
 @task(help={"limit": "only these hosts (an Ansible --limit pattern)"})

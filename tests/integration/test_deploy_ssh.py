@@ -183,6 +183,20 @@ def test_a_failing_reload_rolls_that_host_back_to_the_old_certificate(fleet, cli
     assert [fleet.serial(h) for h in fleet.names] == [new, new, new]
 
 
+def test_a_failed_canary_stops_the_later_batches(fleet, cli):
+    cli("rotate")
+    fleet.learn_secrets()
+    old = fleet.vault_serial()
+    canary = fleet.names[0]
+    fleet.sh(canary, "touch", f"{fleet.root}/fail-reload")
+    fleet.renew()
+    r = cli("deploy", "--batches", "1,100%", ok=False)
+    assert r.rc != 0 and f"{canary}: {MZP}/{APP}:" in r.err
+    assert [fleet.serial(h) for h in fleet.names] == [old, old, old]
+    bad = cli("deploy", "--batches", "one", ok=False)
+    assert bad.rc == 2 and "--batches 'one'" in bad.err
+
+
 def test_a_certificate_that_does_not_match_its_key_is_never_switched_in(fleet, cli, raw):
     cli("rotate")
     fleet.learn_secrets()

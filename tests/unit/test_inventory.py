@@ -78,3 +78,9 @@ def test_duplicate_yaml_key_and_bad_yaml(tmp_path):
 def test_missing_inventory(tmp_path):
     with pytest.raises(UserError, match="PARTNERCERTS_INVENTORY"):
         load(tmp_path / "nope")
+
+
+def test_shipped_example_inventory_is_valid():
+    from partnercerts.settings import ROOT
+    inv = load(ROOT / "inventories" / "example")
+    assert [a.name for a in inv.partners[0].applications] == ["fleet", "telematics"] and not inv.sandbox_api
