@@ -4,7 +4,8 @@ from invoke import Collection
 from partnercerts.tasks import creds, dev, hosts, sandbox, vault
 
 ns = Collection(creds.csr, creds.import_cert, creds.status, creds.p12, creds.account, creds.rotate,
-                hosts.deploy, hosts.verify, hosts.rollback, dev.test)
+                creds.submit, creds.smtp_password, creds.metrics,
+                hosts.deploy, hosts.verify, hosts.rollback, hosts.schedule, dev.test)
 ns.add_collection(Collection.from_module(vault, name="vault"))
 ns.add_collection(Collection.from_module(sandbox, name="sandbox"))
 ns.configure({"run": {"echo": False}})

@@ -70,13 +70,27 @@ class Row:
     pending_since: str
     hosts_in_sync: int | None = None
     hosts_total: int | None = None
+    pending_submitted_at: str = ""
+    pending_age_days: int | None = None
+    turnaround_median_days: float | None = None
     note: str = field(default="", compare=False)
 
     def as_json(self) -> dict:
         return {"mzp": self.mzp, "app": self.app, "client_id": self.client_id or None, "state": self.state,
                 "serial": self.serial or None, "not_after": self.not_after or None, "days_left": self.days_left,
                 "pending_since": self.pending_since or None, "hosts_in_sync": self.hosts_in_sync,
-                "hosts_total": self.hosts_total}
+                "hosts_total": self.hosts_total, "pending_submitted_at": self.pending_submitted_at or None,
+                "pending_age_days": self.pending_age_days, "turnaround_median_days": self.turnaround_median_days}
+
+
+def median_days(turnarounds: str) -> float | None:
+    """Median of the comma-separated turnaround seconds kept in the index, in days."""
+    values = sorted(int(t) for t in turnarounds.split(",") if t.strip().lstrip("-").isdigit())
+    if not values:
+        return None
+    mid = len(values) // 2
+    seconds = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return round(seconds / 86400, 1)
 
 
 class Credentials:
@@ -85,6 +99,7 @@ class Credentials:
         self.inventory = inventory
         self.store = store
         self.authority = Authority(store, settings.sandbox_validity_days)
+        self.last_indexes: dict = {}
 
     # -- helpers ------------------------------------------------------------------------
     def _live_pending(self, mzp: str, app: str) -> Record | None:
@@ -104,7 +119,8 @@ class Credentials:
                           client_id=d["client_id"], fingerprint_sha256=d["fingerprint_sha256"],
                           key_sha256=d.get("key_sha256", ""),
                           ca_fingerprint_sha256=certs.fingerprint(anchors[0]) if anchors else "",
-                          key_spec=d.get("key_spec", ""), current_version=str(cur.version))
+                          key_spec=d.get("key_spec", ""), current_version=str(cur.version),
+                          turnarounds=",".join(str(t) for t in d.get("turnarounds", [])))
         if pend:
             index.pending_since = pend.data["created_at"]
             index.pending_submitted_at = pend.data.get("submitted_at", "")
@@ -251,6 +267,11 @@ class Credentials:
             "submitted_at": submitted_at or pend.data.get("submitted_at", ""),
             "submission": submission or pend.data.get("submission", ""),
         }
+        submitted = record["submitted_at"]
+        if submitted:
+            took = int((now - dt.datetime.fromisoformat(submitted)).total_seconds())
+            record["turnaround_seconds"] = took
+            record["turnarounds"] = ((cur.data.get("turnarounds", []) if cur else []) + [took])[-5:]
         # Order matters for crash safety: history (write-once), then current (one atomic
         # write: readers see old or new, never half), then the pending tombstone, then the index.
         hist = self.store.history_path(mzp, app, serial)
@@ -334,41 +355,80 @@ class Credentials:
         self.store.write(path, {"password": password, "updated_at": iso(now)}, cas=rec.version if rec else 0)
         return True
 
+    def set_smtp_password(self, mzp: str | None, password: str, now: dt.datetime) -> bool:
+        """Store the SMTP password of a partner's submission account (or, without mzp, of notifications)."""
+        if mzp:
+            self.inventory.partner(mzp)
+        if not password or len(password) > 512 or any(c in password for c in "\r\n\0"):
+            raise UserError("the password must be one non-empty line of at most 512 characters")
+        self.store.check_mount()
+        path = self.store.smtp_path(mzp)
+        rec = self.store.read(path)
+        if rec and secrets.compare_digest(rec.data.get("password", "").encode(), password.encode()):
+            return False
+        self.store.write(path, {"password": password, "updated_at": iso(now)}, cas=rec.version if rec else 0)
+        return True
+
     # -- status and rotation ---------------------------------------------------------------
-    def rows(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Row]:
+    def indexes(self, pairs, cached: dict | None = None) -> dict[str, tuple[Index | None, bool]]:
+        """Index of each (partner, application), and whether it is stale; `cached` entries are reused."""
+        out = {}
+        for partner, application in pairs:
+            key = f"{partner.mzp}/{application.name}"
+            if cached is not None and key in cached:
+                out[key] = cached[key]
+                continue
+            found = self.store.read_index(partner.mzp, application.name)
+            out[key] = (found[0], found[0].current_version != str(found[1])) if found else (None, False)
+        return out
+
+    def rows(self, now: dt.datetime, mzp: str | None = None, app: str | None = None,
+             cached: dict | None = None) -> list[Row]:
         """One row per credential from the index in custom metadata only; never reads secret data."""
         creds = self.inventory.credentials(mzp, app)
         self.store.check_mount()
+        found = self.indexes(creds, cached)
         rows = []
         for partner, application in creds:
-            found = self.store.read_index(partner.mzp, application.name)
-            index, note = None, ""
-            if found:
-                index, real_version = found
-                if index.current_version != str(real_version):
-                    note = "index is stale; scripts/inv rotate repairs it"
+            index, stale = found[f"{partner.mzp}/{application.name}"]
+            note = "index is stale; scripts/inv rotate repairs it" if stale else ""
             state = state_of(index, now, partner.renew_before_days)
             na = index.not_after_dt() if index else None
             synced = index is not None and bool(index.hosts_total)
+            since = index.pending_since_dt() if index else None
+            age = (now - since).days if since else None
+            turnaround = median_days(index.turnarounds) if index else None
+            notes = [note] if note else []
+            if turnaround is not None and turnaround + partner.deploy_window_days > partner.renew_before_days:
+                notes.append(f"the authority's median turnaround ({turnaround} days) plus the deploy window "
+                             f"({partner.deploy_window_days} days) no longer fits in renew_before_days "
+                             f"({partner.renew_before_days}); raise renew_before_days in {partner.source}")
+            if age is not None and age >= partner.pending_reminder_days:
+                notes.append(f"CSR pending for {age} days (reminder after {partner.pending_reminder_days}); "
+                             "chase the authority, then import the reply with scripts/inv import-cert")
             rows.append(Row(partner.mzp, application.name, index.client_id if index else "", state.value,
                             index.serial if index else "", index.not_after if index else "", days_left(now, na),
                             index.pending_since if index else "",
                             int(index.hosts_in_sync or 0) if synced else None,
-                            int(index.hosts_total) if synced else None, note))
+                            int(index.hosts_total) if synced else None,
+                            index.pending_submitted_at if index else "", age, turnaround, "; ".join(notes)))
         return rows
 
     def plan(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Step]:
+        """One step per credential, from the index alone; a stale index is repaired first.
+        The indexes read are kept in `self.last_indexes` for `rows(cached=...)`."""
         creds = self.inventory.credentials(mzp, app)
         self.store.check_mount()
+        found = self.indexes(creds)
         steps = []
         for partner, application in creds:
-            found = self.store.read_index(partner.mzp, application.name)
-            index = None
-            if found:
-                index, real_version = found
-                if index.current_version != str(real_version):
-                    index = self.reindex(partner.mzp, application.name)
+            key = f"{partner.mzp}/{application.name}"
+            index, stale = found[key]
+            if stale:
+                index = self.reindex(partner.mzp, application.name)
+                found[key] = (index, False)
             steps.append(plan_one(partner.mzp, application.name, index, now, partner.renew_before_days))
+        self.last_indexes = found
         return steps
 
     def apply(self, step: Step, now: dt.datetime) -> str:
@@ -383,12 +443,13 @@ class Credentials:
             what = "pending CSR"
         return f"{what}; " + self.submit(partner, step.app, now)
 
-    def submit(self, partner: Partner, app: str, now: dt.datetime) -> str:
-        """Send the pending CSR by the partner's submission method."""
+    def submit(self, partner: Partner, app: str, now: dt.datetime, resend: bool = False) -> str:
+        """Send the pending CSR by the partner's submission method; never twice unless `resend`."""
         pend = self._live_pending(partner.mzp, app)
         if pend is None:
             return "no pending CSR (already imported by another run)"
-        if partner.submission == "sandbox":
+        method = partner.submission.method
+        if method == "sandbox":
             if self.store.read(self.store.account_path(partner.mzp)) is None:
                 # Like PSA handing out the MZP password: the sandbox makes one up once.
                 self.set_account_password(partner.mzp, secrets.token_urlsafe(18), now)
@@ -399,4 +460,37 @@ class Credentials:
                                       ca_data=self.authority.ca_pem(now).encode(), ca_source="sandbox CA",
                                       client_id=client_id, submission="sandbox", submitted_at=iso(now))
             return f"signed by the sandbox authority and imported: serial {result.serial}, not after {result.not_after}"
-        raise UserError(f"{partner.source}: submission method {partner.submission!r} is not available")
+        if pend.data.get("submitted_at") and not resend:
+            return (f"already submitted on {pend.data['submitted_at']} ({pend.data.get('message_id', '')}); "
+                    "scripts/inv submit --resend sends it again")
+        from . import submission
+        password = None
+        if method == "email":
+            rec = self.store.read(self.store.smtp_path(partner.mzp))
+            if partner.submission.smtp.user and not (rec and rec.data.get("password")):
+                raise UserError(f"{partner.mzp}: no SMTP password in Vault for {partner.submission.smtp.user}; "
+                                f"store it with scripts/inv smtp-password --mzp {partner.mzp}")
+            password = rec.data["password"] if rec else None
+        # Record the Message-ID before sending: a run that dies after sending resends the same
+        # message (same Message-ID) rather than an unrecorded second one.
+        message_id = pend.data.get("message_id") if pend.data.get("message_id") and not resend else \
+            submission.new_message_id(partner)
+        if pend.data.get("message_id") != message_id:
+            data = dict(pend.data, message_id=message_id, submitting_at=iso(now))
+            pend = Record(data, self.store.write(self.store.pending_path(partner.mzp, app), data, cas=pend.version))
+        msg = submission.build(partner, app, csr_pem=pend.data["csr_pem"], key_sha256=pend.data["key_sha256"],
+                               key_spec=pend.data.get("key_spec", ""), message_id=message_id, now=now)
+        if method == "email":
+            from .mail import send
+            send(partner.submission.smtp, msg, password)
+            where = f"e-mailed to {partner.submission.to}"
+        else:
+            conf = partner.subject.openssl_config(pend.data.get("key_spec") or "rsa2048")
+            folder = submission.write_outbox(partner.submission.outbox_dir, partner, app, msg, pend.data["csr_pem"],
+                                             conf, now)
+            where = f"written to the outbox {folder} for a human to send to {partner.submission.to}"
+        sent = list(pend.data.get("sent", [])) + [{"at": iso(now), "message_id": message_id, "method": method}]
+        data = dict(pend.data, submitted_at=pend.data.get("submitted_at") or iso(now), submission=method, sent=sent)
+        self.store.write(self.store.pending_path(partner.mzp, app), data, cas=pend.version)
+        self.reindex(partner.mzp, app)
+        return f"CSR {where} (Message-ID {message_id})"

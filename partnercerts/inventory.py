@@ -11,13 +11,26 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .profile import Subject, check_app, check_key_spec, make_subject
+from .profile import Subject, check_app, check_email, check_key_spec, make_subject
 
-SUBMISSION_METHODS = ("sandbox",)
+SUBMISSION_METHODS = ("sandbox", "outbox", "email")
+SUBMISSION_KEYS = {"method", "to", "from", "dir", "smtp"}
 VAR = "partnercerts_partners"
 PARTNER_KEYS = {"mzp", "country", "state", "locality", "organization", "email", "applications",
-                "submission", "renew_before_days"}
+                "submission", "renew_before_days", "pending_reminder_days", "deploy_window_days"}
 APP_KEYS = {"name", "key"}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """How a partner's CSRs reach the authority: `sandbox` signs at once, `outbox` leaves a ready-to-send
+    e-mail in a directory for a human, `email` sends it over SMTP (password in Vault)."""
+
+    method: str = "sandbox"
+    to: str = ""
+    sender: str = ""
+    outbox_dir: str = ""
+    smtp: object = None  # mail.SmtpConfig for `email`
 
 
 @dataclass(frozen=True)
@@ -30,8 +43,10 @@ class Application:
 class Partner:
     subject: Subject
     applications: tuple[Application, ...]
-    submission: str = "sandbox"
+    submission: Submission = Submission()
     renew_before_days: int = 60
+    pending_reminder_days: int = 7
+    deploy_window_days: int = 7
     source: str = ""
 
     @property
@@ -51,6 +66,8 @@ class Inventory:
     path: Path
     partners: tuple[Partner, ...] = field(default_factory=tuple)
     sandbox_api: bool = False  # `partnercerts_sandbox_api: true`: tasks start the local sandbox API before deploying
+    notify: object = None  # notify.NotifyConfig from `partnercerts_notify`, or None
+    metrics_textfile: str = ""  # `partnercerts_metrics_textfile`: rotate refreshes it
 
     def partner(self, mzp: str) -> Partner:
         for p in self.partners:
@@ -104,6 +121,8 @@ def load(path: Path) -> Inventory:
                         "directory such as inventories/local")
     partners: list[Partner] = []
     sandbox_api = False
+    notify = None
+    metrics_textfile = ""
     for file in _var_files(path):
         try:
             doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
@@ -119,6 +138,14 @@ def load(path: Path) -> Inventory:
             if not isinstance(doc["partnercerts_sandbox_api"], bool):
                 raise UserError(f"{file}: partnercerts_sandbox_api must be true or false")
             sandbox_api = doc["partnercerts_sandbox_api"]
+        if doc.get("partnercerts_notify"):
+            from .notify import NotifyConfig
+            notify = NotifyConfig.from_mapping(doc["partnercerts_notify"], f"{file}: partnercerts_notify")
+        if "partnercerts_metrics_textfile" in doc:
+            metrics_textfile = doc["partnercerts_metrics_textfile"] or ""
+            if not isinstance(metrics_textfile, str) or "{{" in metrics_textfile:
+                raise UserError(f"{file}: partnercerts_metrics_textfile must be a plain path, "
+                                "e.g. /var/lib/node_exporter/textfile/partnercerts.prom")
         if VAR not in doc:
             continue
         raw_list = doc[VAR]
@@ -131,7 +158,8 @@ def load(path: Path) -> Inventory:
         if p.mzp in seen:
             raise UserError(f"{p.source}: partner {p.mzp} is defined twice (also in {seen[p.mzp]}); keep one definition")
         seen[p.mzp] = p.source
-    return Inventory(path=path, partners=tuple(partners), sandbox_api=sandbox_api)
+    return Inventory(path=path, partners=tuple(partners), sandbox_api=sandbox_api, notify=notify,
+                     metrics_textfile=metrics_textfile)
 
 
 def _partner(raw: object, where: str, source: str) -> Partner:
@@ -144,12 +172,10 @@ def _partner(raw: object, where: str, source: str) -> Partner:
         raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
                         f"allowed: {', '.join(sorted(PARTNER_KEYS))} (OU and CN are implied)")
     subject = make_subject(raw, where)
-    submission = raw.get("submission", "sandbox")
-    if submission not in SUBMISSION_METHODS:
-        raise UserError(f"{where}: field 'submission' is {submission!r}; use one of {', '.join(SUBMISSION_METHODS)}")
-    renew = raw.get("renew_before_days", 60)
-    if not isinstance(renew, int) or isinstance(renew, bool) or not 1 <= renew <= 3650:
-        raise UserError(f"{where}: field 'renew_before_days' is {renew!r}; use a whole number of days from 1 to 3650")
+    submission = _submission(raw.get("submission", "sandbox"), where)
+    renew = _days(raw, "renew_before_days", 60, where)
+    reminder = _days(raw, "pending_reminder_days", 7, where)
+    window = _days(raw, "deploy_window_days", 7, where)
     apps_raw = raw.get("applications")
     if not isinstance(apps_raw, list) or not apps_raw:
         raise UserError(f"{where}: field 'applications' must list at least one application (name, optional key)")
@@ -167,5 +193,40 @@ def _partner(raw: object, where: str, source: str) -> Partner:
         if any(x.name == name for x in apps):
             raise UserError(f"{where}: application {name!r} is listed twice; give each application a unique name")
         apps.append(Application(name=name, key_spec=check_key_spec(a.get("key"), f"{where}: application {name}")))
-    return Partner(subject=subject, applications=tuple(apps), submission=submission,
-                   renew_before_days=renew, source=source)
+    return Partner(subject=subject, applications=tuple(apps), submission=submission, renew_before_days=renew,
+                   pending_reminder_days=reminder, deploy_window_days=window, source=source)
+
+
+def _days(raw: dict, name: str, default: int, where: str) -> int:
+    value = raw.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 3650:
+        raise UserError(f"{where}: field '{name}' is {value!r}; use a whole number of days from 1 to 3650")
+    return value
+
+
+def _submission(raw: object, where: str) -> Submission:
+    """`submission: sandbox` or a mapping {method, to, from, dir (outbox), smtp (email)}."""
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: field 'submission' must be a method name or a mapping with 'method'")
+    unknown = set(raw) - SUBMISSION_KEYS
+    if unknown:
+        raise UserError(f"{where}: submission has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"allowed: {', '.join(sorted(SUBMISSION_KEYS))}")
+    method = raw.get("method")
+    if method not in SUBMISSION_METHODS:
+        raise UserError(f"{where}: field 'submission' method is {method!r}; use one of {', '.join(SUBMISSION_METHODS)}")
+    if method == "sandbox":
+        return Submission()
+    to = check_email(raw.get("to"), f"{where}: submission 'to'")
+    sender = check_email(raw["from"], f"{where}: submission 'from'") if raw.get("from") else ""
+    if method == "outbox":
+        out = raw.get("dir")
+        if not isinstance(out, str) or not out.startswith("/") or "{{" in out:
+            raise UserError(f"{where}: submission 'dir' must be an absolute directory path for the outbox")
+        return Submission(method, to, sender, outbox_dir=out)
+    if not isinstance(raw.get("smtp"), dict):
+        raise UserError(f"{where}: submission 'smtp' must be a mapping with host (port, security, user)")
+    from .mail import SmtpConfig
+    return Submission(method, to, sender, smtp=SmtpConfig.from_mapping(raw["smtp"], f"{where}: submission smtp"))

@@ -11,7 +11,11 @@ Layout under the KV v2 mount (default `secret`) and prefix (default `partnercert
                                                   written once, never overwritten
     <prefix>/<mzp>/apps/<app>/hosts               per host: what it serves and whether that is
                                                   in sync with current (no secrets)
+    <prefix>/<mzp>/smtp                           password of the partner's SMTP submission account
     <prefix>/sandbox/authority                    the sandbox authority's CA key and certificate
+    <prefix>/notify/smtp                          password of the notification e-mail account
+    <prefix>/locks/rotate                         the rotation lock: holder, token, expiry (no secrets)
+    <prefix>/runs/rotate                          last run and last success times (also in its custom metadata)
 
 The custom metadata of `current` is the credential's index (state, serial, not_after,
 Client ID, pending_since, ...): `status` and the rotation plan read only that, never
@@ -57,6 +61,7 @@ class Index:
     pending_submitted_at: str = ""
     pending_submission: str = ""
     current_version: str = "0"
+    turnarounds: str = ""  # seconds from submission to import of the last imports, comma-separated, newest last
     hosts_total: str = ""
     hosts_in_sync: str = ""
     hosts_checked_at: str = ""
@@ -106,6 +111,15 @@ class Store:
 
     def hosts_path(self, mzp: str, app: str) -> str:
         return f"{self.credential_path(mzp, app)}/hosts"
+
+    def smtp_path(self, mzp: str | None = None) -> str:
+        return f"{self.prefix}/{mzp}/smtp" if mzp else f"{self.prefix}/notify/smtp"
+
+    def lock_path(self, name: str = "rotate") -> str:
+        return f"{self.prefix}/locks/{name}"
+
+    def runs_path(self, name: str = "rotate") -> str:
+        return f"{self.prefix}/runs/{name}"
 
     def sandbox_path(self) -> str:
         return f"{self.prefix}/sandbox/authority"
@@ -186,6 +200,15 @@ class Store:
             return None
         meta = resp["data"]
         return Index.from_custom(meta.get("custom_metadata")), int(meta.get("current_version") or 0)
+
+    def read_custom(self, path: str) -> dict:
+        """Custom metadata of any path ({} when absent): the auditor-readable side of a record."""
+        resp = self._call("get", f"/v1/{self.mount}/metadata/{path}")
+        return dict(((resp or {}).get("data") or {}).get("custom_metadata") or {})
+
+    def write_custom(self, path: str, custom: dict) -> None:
+        self._call("post", f"/v1/{self.mount}/metadata/{path}",
+                   json={"custom_metadata": {k: str(v) for k, v in custom.items() if v not in (None, "")}})
 
     def write_index(self, mzp: str, app: str, index: Index) -> None:
         self._call("post", f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}",

@@ -28,15 +28,18 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
     if env.get("VAULT_SKIP_VERIFY", "").lower() in ("1", "true", "yes"):
         verify = False
     client = hvac.Client(url=addr, verify=verify, namespace=env.get("VAULT_NAMESPACE") or None, timeout=30)
+    # VAULT_TOKEN, then an explicit AppRole, then ~/.vault-token: a scheduled job given its
+    # AppRole must not pick up an operator's token file.
     token = env.get("VAULT_TOKEN")
-    if not token:
+    approle = bool(env.get("VAULT_ROLE_ID") and env.get("VAULT_SECRET_ID"))
+    if not token and not approle:
         token_file = Path(env.get("HOME", "~")).expanduser() / ".vault-token"
         if token_file.is_file():
             token = token_file.read_text().strip()
     try:
         if token:
             client.token = token
-        elif env.get("VAULT_ROLE_ID") and env.get("VAULT_SECRET_ID"):
+        elif approle:
             client.auth.approle.login(role_id=env["VAULT_ROLE_ID"], secret_id=env["VAULT_SECRET_ID"],
                                       mount_point=env.get("VAULT_APPROLE_MOUNT", "approle"))
         else:

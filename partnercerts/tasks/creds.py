@@ -12,7 +12,6 @@ from invoke.exceptions import Exit
 
 from .. import certs
 from ..errors import UserError
-from ..lifecycle import Action
 from ._ansible import playbook
 from ._common import credentials, info, now, reports_errors
 
@@ -69,9 +68,15 @@ def import_cert(c, mzp, app, cert, ca=None, client_id=None):
         info(f"warning: {result.warning}")
     if result.already_current:
         print(f"{mzp}/{app}: certificate serial {result.serial} is already current; nothing changed")
-    else:
-        print(f"{mzp}/{app}: imported serial {result.serial}, valid until {result.not_after}, "
-              f"Client ID {result.client_id}, SHA-256 {result.fingerprint_sha256}")
+        return
+    line = (f"{mzp}/{app}: imported serial {result.serial}, valid until {result.not_after}, "
+            f"Client ID {result.client_id}, SHA-256 {result.fingerprint_sha256}")
+    print(line)
+    from .. import rotation
+    rotation.notify(creds, [rotation.event("certificate_imported", mzp, app, line, now(), serial=result.serial,
+                                           not_after=result.not_after)], info)
+    rotation.write_metrics(creds, creds.rows(now()), now(), info)
+    print(f"deploy it with scripts/inv deploy --only {mzp}/{app} (or let the next scheduled rotate do it)")
 
 
 @task(help={"json": "print a JSON list instead of a table",
@@ -112,16 +117,20 @@ def p12(c, mzp, app, out, legacy=False, show_password=False):
         print(password)
 
 
+def _read_password(prompt: str) -> str:
+    if sys.stdin is not None and sys.stdin.isatty():
+        password = getpass.getpass(prompt)
+        if getpass.getpass("again: ") != password:
+            raise UserError("the two passwords differ; nothing was stored, run the command again")
+        return password
+    return (sys.stdin.readline() if sys.stdin else "").rstrip("\r\n")
+
+
 @task(help={"mzp": MZP_HELP})
 @reports_errors
 def account(c, mzp):
     """Store the MZP password in Vault, read from a prompt or from stdin (never from arguments)."""
-    if sys.stdin is not None and sys.stdin.isatty():
-        password = getpass.getpass(f"{mzp} password: ")
-        if getpass.getpass("again: ") != password:
-            raise UserError("the two passwords differ; nothing was stored, run the command again")
-    else:
-        password = (sys.stdin.readline() if sys.stdin else "").rstrip("\r\n")
+    password = _read_password(f"{mzp} password: ")
     changed = credentials().set_account_password(mzp, password, now())
     print(f"{mzp}: password {'stored' if changed else 'unchanged (Vault already had it)'}")
 
@@ -132,37 +141,90 @@ def account(c, mzp):
 @reports_errors
 def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
     """Plan, then apply: renew what is due, import what the authority signed, deploy and verify on the hosts."""
+    from .. import rotation
     creds = credentials()
     when = now()
-    steps = creds.plan(when, mzp, app)
-    width = max([len(f"{s.mzp}/{s.app}") for s in steps] + [10])
+    report = rotation.start(creds, when, mzp=mzp, app=app, dry_run=dry_run, deploy=not no_deploy)
+    if report.held:
+        print(f"another rotation holds the lock: {report.held.holder}, since {report.held.acquired_at} "
+              f"(expires {report.held.expires_at}); nothing done")
+        return
+    width = max([len(f"{s.mzp}/{s.app}") for s in report.steps] + [10])
     print("plan:")
-    for s in steps:
+    for s in report.steps:
         print(f"  {f'{s.mzp}/{s.app}'.ljust(width)}  {s.action.value:<8} {s.reason}")
-    todo = [s for s in steps if s.action not in (Action.NOTHING, Action.WAIT)]
-    behind = [s for s in steps if s.hosts_behind and s not in todo and not no_deploy]
-    if not todo and not behind:
-        print("nothing to do")
-        return
     if dry_run:
-        print(f"dry run: {len(todo)} credential(s) would change, {len(todo) + len(behind)} would be deployed; "
-              "nothing was changed")
+        if report.todo or report.deploy:
+            print(f"dry run: {len(report.todo)} credential(s) would change, {len(report.deploy)} would be deployed; "
+                  "nothing was changed")
+        else:
+            print("nothing to do")
         return
-    failed = []
-    for s in todo:
-        try:
-            print(f"  {f'{s.mzp}/{s.app}'.ljust(width)}  {creds.apply(s, when)}")
-        except UserError as exc:
-            failed.append(f"{s.mzp}/{s.app}")
-            print(f"  {f'{s.mzp}/{s.app}'.ljust(width)}  FAILED: {exc}", file=sys.stderr)
-    deploy = [] if no_deploy else [f"{s.mzp}/{s.app}" for s in todo + behind if f"{s.mzp}/{s.app}" not in failed]
-    rc = 0
-    if deploy:
-        print(f"deploying {len(deploy)} credential(s) to their hosts: {', '.join(deploy)}")
-        rc = playbook("deploy.yml", creds.settings, extra={"partnercerts_deploy_only": deploy})
-    if failed:
-        raise Exit(f"error: rotation failed for {', '.join(failed)} (see above); the others were done", code=1)
-    if rc != 0:
+    for line in report.lines:
+        print(f"  {line}")
+    for line in report.failed:
+        print(f"  FAILED {line}", file=sys.stderr)
+    rc = None
+    if report.deploy:
+        print(f"deploying {len(report.deploy)} credential(s) to their hosts: {', '.join(report.deploy)}")
+        rc = playbook("deploy.yml", creds.settings, extra={"partnercerts_deploy_only": report.deploy})
+    rotation.finish(creds, report, when, rc, log=info)
+    if report.failed:
+        raise Exit(f"error: rotation failed for {', '.join(f.split(':', 1)[0] for f in report.failed)} "
+                   "(see above); the others were done", code=1)
+    if rc:
         raise Exit(f"error: deploying failed on some hosts (ansible-playbook exit {rc}); see the lines above; "
                    "the next run retries them", code=rc)
-    print(f"done: {len(todo)} credential(s) changed, {len(deploy)} deployed and verified")
+    if not report.todo and not report.deploy:
+        print("nothing to do")
+    else:
+        print(f"done: {len(report.changed)} credential(s) changed, {len(report.deploy)} deployed and verified")
+
+
+@task(help={"mzp": "only this partner", "app": "only this application",
+            "resend": "send CSRs that were already submitted again (same CSR, new Message-ID)"})
+@reports_errors
+def submit(c, mzp=None, app=None, resend=False):
+    """Submit pending CSRs by each partner's method (e-mail, outbox, sandbox); never twice unless --resend."""
+    creds = credentials()
+    when = now()
+    done = 0
+    for partner, application in creds.inventory.credentials(mzp, app):
+        if creds.store.read_index(partner.mzp, application.name) is None:
+            continue
+        line = creds.submit(partner, application.name, when, resend=resend)
+        if not line.startswith("no pending CSR"):
+            print(f"{partner.mzp}/{application.name}: {line}")
+            done += 1
+    if not done:
+        print("no pending CSR to submit")
+
+
+@task(name="smtp-password", help={"mzp": "the partner whose e-mail submission account it is "
+                                         "(default: the notification account)"})
+@reports_errors
+def smtp_password(c, mzp=None):
+    """Store an SMTP password in Vault, read from a prompt or from stdin (never from arguments)."""
+    password = _read_password(f"SMTP password{f' for {mzp}' if mzp else ' for notifications'}: ")
+    changed = credentials().set_smtp_password(mzp, password, now())
+    print(f"SMTP password {'stored' if changed else 'unchanged (Vault already had it)'}")
+
+
+@task(help={"textfile": "write to this file (atomically, for node_exporter's textfile collector) "
+                        "instead of stdout; default: partnercerts_metrics_textfile of the inventory"})
+@reports_errors
+def metrics(c, textfile=None):
+    """Print or write Prometheus metrics: expiry, pending age, hosts in sync, last run and success."""
+    from .. import rotation
+    from ..metrics import render
+    creds = credentials()
+    when = now()
+    rows = creds.rows(when)
+    target = textfile or creds.inventory.metrics_textfile
+    if target:
+        if not rotation.write_metrics(creds, rows, when, info, path=target):
+            raise Exit(f"error: --textfile {target}: could not be written; check the directory", code=2)
+        info(f"metrics written to {target}")
+        return
+    last_run, last_success = rotation.last_runs(creds)
+    sys.stdout.write(render(rows, now=when, last_run=last_run, last_success=last_success))

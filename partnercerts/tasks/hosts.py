@@ -60,3 +60,48 @@ def rollback(c, mzp, app, to=None, dry_run=False):
     result = creds.rollback(mzp, app, now(), to)
     print(f"{mzp}/{app}: serial {result.serial} (valid until {result.not_after}) is current again in Vault")
     _run("deploy.yml", extra={"partnercerts_deploy_only": [f"{mzp}/{app}"]})
+
+
+# Non-secret settings the scheduled job needs to find the same Vault and inventory as this shell.
+_SCHEDULE_ENV = ("VAULT_ADDR", "VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_APPROLE_MOUNT", "PARTNERCERTS_INVENTORY",
+                 "PARTNERCERTS_KV_MOUNT", "PARTNERCERTS_PREFIX", "PARTNERCERTS_STATE_DIR", "PARTNERCERTS_CA_FILE",
+                 "PARTNERCERTS_EMBEDDED_PORT", "PARTNERCERTS_SANDBOX_API_PORT")
+
+
+@task(help={"remove": "remove the scheduled rotation (the log and the environment file stay)",
+            "credentials-file": "file with VAULT_ROLE_ID=/VAULT_SECRET_ID= of the rotator AppRole "
+                                "(scripts/inv vault.secret-id --role rotator --out FILE); needed with VAULT_ADDR",
+            "method": "auto (systemd timer where systemd runs, else cron), systemd or cron",
+            "when": "systemd OnCalendar expression (default daily at 06:00) or, with cron, a cron schedule"})
+@reports_errors
+def schedule(c, remove=False, credentials_file=None, method="auto", when=None):
+    """Install (or --remove) the scheduled rotation on this machine: a systemd timer, or a cron entry."""
+    import os
+    from pathlib import Path
+
+    from ..settings import ROOT
+    settings = Settings.from_env()
+    if method not in ("auto", "systemd", "cron"):
+        raise UserError(f"--method {method!r}: use auto, systemd or cron")
+    env = {k: os.environ[k] for k in _SCHEDULE_ENV if os.environ.get(k)}
+    env["PARTNERCERTS_INVENTORY"] = str(settings.inventory)
+    env["PARTNERCERTS_STATE_DIR"] = str(settings.state_dir)
+    if env.get("VAULT_CACERT"):
+        env["VAULT_CACERT"] = str(Path(env["VAULT_CACERT"]).absolute())
+    extra = {"partnercerts_schedule_hosts": "localhost", "partnercerts_schedule_repo_dir": str(ROOT),
+             "partnercerts_schedule_state": "absent" if remove else "present",
+             "partnercerts_schedule_method": method, "partnercerts_schedule_environment": env}
+    if credentials_file:
+        path = Path(credentials_file).absolute()
+        if not path.is_file():
+            raise UserError(f"--credentials-file {credentials_file}: no such file; make it with "
+                            "scripts/inv vault.secret-id --role rotator --out FILE")
+        if path.stat().st_mode & 0o077:
+            raise UserError(f"--credentials-file {credentials_file}: readable by others; chmod 600 it first")
+        extra["partnercerts_schedule_credentials_file"] = str(path)
+    elif os.environ.get("VAULT_ADDR") and not remove:
+        raise UserError("the scheduled job needs its own Vault credentials: make them with "
+                        "scripts/inv vault.secret-id --role rotator --out FILE, then pass --credentials-file FILE")
+    if when:
+        extra["partnercerts_schedule_cron" if method == "cron" else "partnercerts_schedule_on_calendar"] = when
+    _run("schedule.yml", extra=extra)

@@ -27,7 +27,7 @@ def test_demo_partner_round_trips_exactly(tmp_path):
     (p,) = inv.partners
     assert p.subject.state == "Île-de-France" and p.subject.organization == "Free2Move, SAS"
     assert [(a.name, a.key_spec) for a in p.applications] == [("fleet", "rsa2048"), ("big", "rsa3072")]
-    assert p.renew_before_days == 60 and p.submission == "sandbox"
+    assert p.renew_before_days == 60 and p.submission.method == "sandbox" and p.pending_reminder_days == 7
 
 
 def test_shipped_local_inventory_is_valid():
@@ -50,6 +50,10 @@ def test_shipped_local_inventory_is_valid():
     ({"state": "two\nlines"}, "field 'state' contains a control character"),
     ({"organization": "x" * 65}, "field 'organization' is 65 characters"),
     ({"submission": "carrier-pigeon"}, "field 'submission'"),
+    ({"submission": {"method": "outbox", "to": "x@y.example"}}, "submission 'dir' must be an absolute"),
+    ({"submission": {"method": "email", "to": "nobody"}}, "submission 'to': field 'email'"),
+    ({"submission": {"method": "email", "to": "a@b.example"}}, "submission 'smtp' must be a mapping"),
+    ({"pending_reminder_days": -1}, "pending_reminder_days"),
     ({"renew_before_days": 0}, "renew_before_days"),
 ])
 def test_errors_name_file_partner_and_field(tmp_path, over, match):

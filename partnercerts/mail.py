@@ -1,0 +1,234 @@
+"""Sending one e-mail over SMTP: STARTTLS or implicit TLS, always verified; clear text only to loopback.
+
+Used for the CSR submission to the authority and for notifications. Every failure is one
+`UserError` line naming the server and the cause (refused, timeout, TLS, authentication,
+recipient); the password never appears in it.
+"""
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+from .errors import UserError
+
+SECURITY = ("starttls", "tls", "none")
+DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+SMTP_KEYS = ("host", "port", "security", "user", "timeout", "cafile")
+MAX_TIMEOUT = 600
+
+
+def is_loopback(host: str) -> bool:
+    """A loopback IP address literal, or the name `localhost` (RFC 6761: always loopback)."""
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _clear_refused(host: str, where: str) -> UserError:
+    return UserError(f"{where}: security 'none' sends the password and the message (a CSR, a notification) "
+                     f"in clear, so it is only allowed to a loopback address; {host!r} is not one: "
+                     "use security starttls (port 587) or tls (port 465)")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int = 587
+    security: str = "starttls"  # starttls | tls (implicit TLS, port 465) | none (loopback only)
+    user: str | None = None
+    timeout: float = 30
+    cafile: str | None = None  # CA the server's certificate must verify to; default the system CAs
+
+    @property
+    def server(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_mapping(cls, raw: object, where: str) -> "SmtpConfig":
+        """Validate an inventory mapping {host, port, security, user, timeout, cafile}; errors name `where` and the field."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: must be a mapping with host (port, security, user, cafile)")
+        if "password" in raw:
+            raise UserError(f"{where}: field 'password' is not allowed in the inventory; remove it and keep the "
+                            "SMTP password in Vault (scripts/inv smtp-password)")
+        unknown = set(raw) - set(SMTP_KEYS)
+        if unknown:
+            raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                            f"allowed: {', '.join(SMTP_KEYS)}")
+        host = raw.get("host")
+        if not isinstance(host, str) or not host.strip() or len(host) > 253 or any(c.isspace() for c in host) \
+                or "/" in host or "{{" in host:
+            raise UserError(f"{where}: field 'host' is {host!r}; give the SMTP server's name or address, "
+                            "e.g. smtp.example.com")
+        host = host.strip("[]")
+        security = raw.get("security", "starttls")
+        if security not in SECURITY:
+            raise UserError(f"{where}: field 'security' is {security!r}; use one of {', '.join(SECURITY)} "
+                            "(starttls on 587, tls = implicit TLS on 465, none only to a loopback address)")
+        port = raw.get("port", DEFAULT_PORTS[security])
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise UserError(f"{where}: field 'port' is {port!r}; use a port number from 1 to 65535 "
+                            "(587 for starttls, 465 for tls)")
+        user = raw.get("user")
+        if user is not None and (not isinstance(user, str) or not user or len(user) > 256
+                                 or any(c in user for c in "\r\n\0")):
+            raise UserError(f"{where}: field 'user' must be the SMTP login name (one line), or left out for no login")
+        timeout = raw.get("timeout", 30)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT:
+            raise UserError(f"{where}: field 'timeout' is {timeout!r}; use seconds from 1 to {MAX_TIMEOUT}")
+        cafile = raw.get("cafile")
+        if cafile is not None and (not isinstance(cafile, str) or not cafile or "{{" in cafile):
+            raise UserError(f"{where}: field 'cafile' must be the path of a PEM file with the CA that signed "
+                            "the SMTP server's certificate")
+        if security == "none" and not is_loopback(host):
+            raise _clear_refused(host, where)
+        return cls(host=host, port=port, security=security, user=user, timeout=float(timeout), cafile=cafile)
+
+
+def _one_line(text: object, password: str | None, limit: int = 200) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    text = " ".join(str(text).split())
+    if password:
+        text = text.replace(password, "***")
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _tls_context(config: SmtpConfig) -> ssl.SSLContext:
+    try:
+        # Verifies the chain and the host name (CERT_REQUIRED, check_hostname); TLS 1.2 at least.
+        ctx = ssl.create_default_context(cafile=config.cafile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise UserError(f"SMTP server {config.server}: cafile {config.cafile}: cannot be read as a PEM CA "
+                        f"certificate ({reason}); fix the 'cafile' path") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
+    try:
+        user.encode("ascii"), password.encode("ascii")
+    except UnicodeEncodeError:
+        # smtplib only sends ASCII; AUTH PLAIN is UTF-8 by definition (RFC 4616).
+        if not smtp.has_extn("auth"):
+            raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.") from None
+        if "PLAIN" not in smtp.esmtp_features["auth"].upper().split():
+            raise smtplib.SMTPException("a non-ASCII password needs AUTH PLAIN, which the server does not offer")
+        token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode("ascii")
+        code, resp = smtp.docmd("AUTH", "PLAIN " + token)
+        if code != 235:
+            raise smtplib.SMTPAuthenticationError(code, resp) from None
+        return
+    smtp.login(user, password)
+
+
+def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str:
+    """Send one message; returns its Message-ID (one is set when the message has none)."""
+    server = config.server
+    if config.security not in SECURITY:
+        raise UserError(f"SMTP server {server}: security {config.security!r} is not one of {', '.join(SECURITY)}")
+    if config.security == "none" and not is_loopback(config.host):
+        raise _clear_refused(config.host, f"SMTP server {server}")
+    if config.user and not password:
+        raise UserError(f"SMTP server {server}: user {config.user!r} is set but no password was given; "
+                        "store it in Vault (scripts/inv smtp-password)")
+    sender = email.utils.parseaddr(message.get("From") or "")[1]
+    if not sender or not any(message.get_all(h) for h in ("To", "Cc", "Bcc")):
+        raise UserError(f"SMTP server {server}: the message needs a From and at least one recipient")
+    if message.get("Message-ID") is None:
+        message["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or "localhost")
+    if message.get("Date") is None:
+        message["Date"] = email.utils.formatdate(usegmt=True)
+    message_id = str(message["Message-ID"])
+    ctx = _tls_context(config) if config.security != "none" else None
+
+    def fail(cause: str) -> UserError:
+        return UserError(f"SMTP server {server}: {_one_line(cause, password, 400)}")
+
+    smtp: smtplib.SMTP | None = None
+    stage = "connecting"
+    try:
+        if config.security == "tls":
+            smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=ctx)
+        else:
+            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+        stage = "greeting (EHLO)"
+        smtp.ehlo()
+        if config.security == "starttls":
+            if not smtp.has_extn("starttls"):
+                raise fail("does not offer STARTTLS, so the message would travel in clear; refused "
+                           "(if the server uses implicit TLS, set security: tls and port 465)")
+            stage = "STARTTLS"
+            smtp.starttls(context=ctx)
+            smtp.ehlo()
+        if config.user:
+            stage = "login"
+            _login(smtp, config.user, password or "")
+        stage = "sending"
+        refused = smtp.send_message(message)
+        if refused:
+            rcpts = ", ".join(f"{r} ({c} {_one_line(m, password)})" for r, (c, m) in refused.items())
+            raise fail(f"refused recipient(s) {rcpts}; the others got the message")
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            pass  # delivered already; a lost QUIT is no failure
+    except UserError:
+        raise
+    except smtplib.SMTPAuthenticationError as exc:
+        raise fail(f"authentication failed for user {config.user!r} ({exc.smtp_code} "
+                   f"{_one_line(exc.smtp_error, password)}); check the SMTP password stored in Vault") from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise fail(f"{exc} (the server offers no login on this connection; check 'security' and 'user')") from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        rcpts = ", ".join(f"{r} ({c} {_one_line(m, password)})" for r, (c, m) in exc.recipients.items())
+        raise fail(f"refused recipient(s) {rcpts}; check the 'to' address(es)") from None
+    except smtplib.SMTPSenderRefused as exc:
+        raise fail(f"refused sender {exc.sender} ({exc.smtp_code} {_one_line(exc.smtp_error, password)}); "
+                   "check the 'from' address, the server may only accept its user's own address") from None
+    except smtplib.SMTPDataError as exc:
+        raise fail(f"refused the message ({exc.smtp_code} {_one_line(exc.smtp_error, password)})") from None
+    except smtplib.SMTPServerDisconnected as exc:
+        if isinstance(exc.__context__, TimeoutError):
+            raise fail(f"no answer within {config.timeout:g} s while {stage} (timeout); check host, port "
+                       "and firewalls") from None
+        raise fail(f"closed the connection unexpectedly ({_one_line(exc, password) or 'no reason given'}); "
+                   f"check that port {config.port} speaks security {config.security}") from None
+    except smtplib.SMTPResponseException as exc:
+        raise fail(f"answered {exc.smtp_code} {_one_line(exc.smtp_error, password)}") from None
+    except ssl.SSLCertVerificationError as exc:
+        hint = ("give 'cafile' (the CA that signed the server's certificate)" if config.cafile is None
+                else f"the server's certificate does not verify to {config.cafile} for the name {config.host!r}")
+        raise fail(f"TLS failure: certificate verify failed ({exc.verify_message or exc.reason}); {hint}") from None
+    except ssl.SSLError as exc:
+        hint = ""
+        if exc.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"):
+            hint = f" (is port {config.port} really security {config.security}? tls is implicit TLS, usually 465)"
+        raise fail(f"TLS failure: {exc.reason or exc}{hint}") from None
+    except ConnectionRefusedError:
+        raise fail("connection refused; check host, port and that the server runs") from None
+    except TimeoutError:
+        raise fail(f"no answer within {config.timeout:g} s while {stage} (timeout); check host, port "
+                   "and firewalls") from None
+    except socket.gaierror as exc:
+        raise fail(f"host name not found ({exc.strerror}); check 'host'") from None
+    except smtplib.SMTPException as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(exc.strerror or exc.__class__.__name__) from None
+    finally:
+        if smtp is not None:
+            smtp.close()
+    return message_id

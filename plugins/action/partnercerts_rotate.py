@@ -1,0 +1,84 @@
+"""Action plugin: one rotation run for playbooks/rotate.yml, through the same core as `scripts/inv rotate`.
+
+state=start plans, takes the lock in Vault and renews what is due, returning what to deploy;
+state=finish (given start's result) records the run, notifies, writes metrics, releases the lock.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from partnercerts import inventory, rotation  # noqa: E402
+from partnercerts.credentials import Credentials  # noqa: E402
+from partnercerts.errors import UserError  # noqa: E402
+from partnercerts.lifecycle import Action, Step  # noqa: E402
+from partnercerts.settings import Settings  # noqa: E402
+from partnercerts.store import Store  # noqa: E402
+from partnercerts.vault import connect  # noqa: E402
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _VALID_ARGS = frozenset(("state", "mzp", "app", "dry_run", "run"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        args = self._task.args
+        state = args.get("state", "start")
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            settings = Settings.from_env()
+            creds = Credentials(settings, inventory.load(settings.inventory), Store(connect(settings), settings))
+            if state == "start":
+                report = rotation.start(creds, now, mzp=args.get("mzp"), app=args.get("app"),
+                                        dry_run=bool(args.get("dry_run")), entry="playbooks/rotate.yml")
+                if report.held:
+                    result.update(changed=False, held=dataclasses.asdict(report.held), deploy=[],
+                                  msg=f"another rotation holds the lock: {report.held.holder}, "
+                                      f"since {report.held.acquired_at}; nothing done")
+                    return result
+                result.update(changed=bool(report.changed), run=_dump(report), deploy=report.deploy,
+                              plan=[f"{s.mzp}/{s.app}: {s.action.value} ({s.reason})" for s in report.steps],
+                              applied=report.lines, failed_credentials=report.failed)
+                if report.failed:
+                    result.update(failed=True, msg="rotation failed for " + "; ".join(report.failed))
+            elif state == "finish":
+                report = _load(args.get("run") or {})
+                if not report.lock_token:
+                    return dict(result, changed=False, skipped=True, msg="no run to finish")
+                failures = rotation.finish(creds, report, now, None, log=lambda line: self._display.warning(line))
+                result.update(changed=False, events=[e.message for e in report.events], notify_failures=failures)
+            else:
+                raise AnsibleActionFail(f"state must be start or finish, not {state!r}")
+        except UserError as exc:
+            raise AnsibleActionFail(str(exc)) from None
+        return result
+
+
+def _dump(report: rotation.Report) -> dict:
+    """The parts of a report that finish needs, as plain data (no secrets)."""
+    return {"lock_token": report.lock_token, "changed": report.changed, "deploy": report.deploy,
+            "failed": report.failed, "lines": report.lines,
+            "steps": [[s.mzp, s.app, s.action.value, s.reason, s.hosts_behind] for s in report.steps],
+            "events": [[e.kind.value, e.mzp, e.app, e.message, e.details, e.at.isoformat()] for e in report.events]}
+
+
+def _load(data: dict) -> rotation.Report:
+    from partnercerts.notify import Event, Kind
+    report = rotation.Report(lock_token=data.get("lock_token", ""), changed=list(data.get("changed", [])),
+                             deploy=list(data.get("deploy", [])), failed=list(data.get("failed", [])),
+                             lines=list(data.get("lines", [])))
+    report.steps = [Step(m, a, Action(act), r, bool(b)) for m, a, act, r, b in data.get("steps", [])]
+    report.events = [Event(kind=Kind(k), mzp=m, app=a, message=msg, details=d, at=dt.datetime.fromisoformat(at))
+                     for k, m, a, msg, d, at in data.get("events", [])]
+    return report
