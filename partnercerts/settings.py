@@ -8,6 +8,7 @@ from pathlib import Path
 from .errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DOWNLOAD_HOSTS = "*.groupe-psa.com,*.mpsa.com,*.stellantis.com"
 
 
 def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
@@ -34,6 +35,9 @@ class Settings:
     ca_file: Path | None
     sandbox_validity_days: int
     embedded_port: int
+    download_hosts: tuple[str, ...] = ()
+    download_cafile: str | None = None
+    max_eml_bytes: int = 10 << 20
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -58,4 +62,9 @@ class Settings:
             ca_file=Path(ca) if ca else None,
             sandbox_validity_days=_int(env, "PARTNERCERTS_SANDBOX_VALIDITY_DAYS", 365, 1),
             embedded_port=_int(env, "PARTNERCERTS_EMBEDDED_PORT", 18200, 1),
+            # The authority's download links must point at one of these hosts (*.domain patterns).
+            download_hosts=tuple(h.strip() for h in (env.get("PARTNERCERTS_DOWNLOAD_HOSTS")
+                                                     or DEFAULT_DOWNLOAD_HOSTS).split(",") if h.strip()),
+            download_cafile=env.get("PARTNERCERTS_DOWNLOAD_CAFILE") or None,
+            max_eml_bytes=_int(env, "PARTNERCERTS_MAX_EML_BYTES", 10 << 20, 1024),
         )

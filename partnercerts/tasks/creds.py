@@ -53,16 +53,42 @@ def csr(c, mzp, app, out=None, force=False):
 @task(name="import-cert",
       help={"mzp": MZP_HELP, "app": APP_HELP,
             "cert": "the signed certificate from the authority: PEM, DER or PKCS#7, with or without chain",
+            "url": "download the certificate from this HTTPS link of the authority's reply",
+            "eml": "a saved reply e-mail: the certificate, CA and Client ID are taken from it",
             "ca": "the Stellantis CA certificate (PEM/DER); the chain must verify to it",
-            "client-id": "the Client ID from the authority's reply (default: keep the current one)"})
+            "client-id": "the Client ID from the authority's reply (default: from --eml, else keep the current one)"})
 @reports_errors
-def import_cert(c, mzp, app, cert, ca=None, client_id=None):
-    """Import a signed certificate through the strict gate and make it current."""
+def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=None):
+    """Import a signed certificate (a file, a download link or a reply e-mail) through the strict gate."""
+    from .. import reply
+    if sum(x is not None for x in (cert, url, eml)) != 1:
+        raise UserError("give exactly one of --cert FILE, --url LINK or --eml FILE")
     creds = credentials()
-    limit = creds.settings.max_input_bytes
-    cert_data = certs.read_file(cert, limit)
-    ca_data = certs.read_file(ca, limit) if ca else None
-    result = creds.import_cert(mzp, app, cert_data, cert, now(), ca_data=ca_data, ca_source=ca or "",
+    s = creds.settings
+    limit = s.max_input_bytes
+
+    def download(link: str) -> bytes:
+        return reply.fetch(link, max_bytes=limit, allowed_hosts=list(s.download_hosts), cafile=s.download_cafile)
+
+    ca_data, ca_source = (certs.read_file(ca, limit), ca) if ca else (None, "")
+    if cert:
+        cert_data, source = certs.read_file(cert, limit), cert
+    elif url:
+        cert_data, source = download(url), reply.shown_url(url)
+    else:
+        found = reply.parse_eml(certs.read_file(eml, s.max_eml_bytes), max_bytes=s.max_eml_bytes, source=eml)
+        for problem in found.problems:
+            info(f"warning: {eml}: {problem}")
+        if found.cert is not None:
+            cert_data, source = found.cert, f"{eml} (attachment)"
+        else:
+            cert_data, source = download(found.cert_url), reply.shown_url(found.cert_url)
+        if ca_data is None and found.ca is not None:
+            ca_data, ca_source = found.ca, f"{eml} (CA attachment)"
+        elif ca_data is None and found.ca_url:
+            ca_data, ca_source = download(found.ca_url), reply.shown_url(found.ca_url)
+        client_id = client_id or found.client_id
+    result = creds.import_cert(mzp, app, cert_data, source, now(), ca_data=ca_data, ca_source=ca_source,
                                client_id=client_id)
     if result.warning:
         info(f"warning: {result.warning}")
