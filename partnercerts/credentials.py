@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import certs, csr as csrmod, keys
 from .certs import GateError
@@ -106,10 +106,20 @@ class Credentials:
         rec = self.store.read(self.store.pending_path(mzp, app))
         return rec if rec and rec.data.get("state") == PENDING else None
 
-    def reindex(self, mzp: str, app: str) -> Index:
-        """Derive the index from the records themselves and write it (repairs a stale index)."""
+    def reindex(self, mzp: str, app: str, pending_from_index: bool = False) -> Index:
+        """Derive the index from the records themselves and write it (repairs a stale index).
+
+        pending_from_index: for the deployer, whose policy may not read pending keys: the pending
+        fields are carried over from the existing index, and only custom metadata is written
+        (its policy may not change max_versions).
+        """
         cur = self.store.read(self.store.current_path(mzp, app))
-        pend = self._live_pending(mzp, app)
+        if pending_from_index:
+            found = self.store.read_index(mzp, app)
+            carried = found[0] if found else Index()
+            pend = None
+        else:
+            pend = self._live_pending(mzp, app)
         hosts = self.store.read(self.store.hosts_path(mzp, app))
         index = Index()
         if cur:
@@ -126,6 +136,11 @@ class Credentials:
             index.pending_submitted_at = pend.data.get("submitted_at", "")
             index.pending_submission = pend.data.get("submission", "")
             index.key_spec = index.key_spec or pend.data.get("key_spec", "")
+        elif pending_from_index:
+            for f in fields(Index):
+                if f.name.startswith("pending_"):
+                    setattr(index, f.name, getattr(carried, f.name))
+            index.key_spec = index.key_spec or carried.key_spec
         if hosts:
             seen = hosts.data.get("hosts", {})
             index.hosts_total = str(len(seen))
@@ -133,7 +148,10 @@ class Credentials:
                                           if h.get("in_sync") and h.get("fingerprint_sha256") == index.fingerprint_sha256))
             index.hosts_checked_at = hosts.data.get("checked_at", "")
         index.updated_at = iso(dt.datetime.now(dt.timezone.utc))
-        self.store.write_index(mzp, app, index)
+        if pending_from_index:
+            self.store.write_custom(self.store.current_path(mzp, app), index.to_custom())
+        else:
+            self.store.write_index(mzp, app, index)
         return index
 
     def record_hosts(self, mzp: str, app: str, reports: dict[str, dict], all_hosts: set[str], now: dt.datetime) -> Index:
@@ -157,7 +175,7 @@ class Credentials:
                 break
             except Conflict:
                 continue  # another run reported at the same time: merge again
-        return self.reindex(mzp, app)
+        return self.reindex(mzp, app, pending_from_index=True)
 
     def _settle_crashed_import(self, mzp: str, app: str, pend: Record) -> Record | None:
         """A pending record whose key is already current was imported by a run that died before the tombstone."""

@@ -41,6 +41,7 @@ def start(creds: Credentials, now: dt.datetime, *, mzp: str | None = None, app: 
           dry_run: bool = False, deploy: bool = True, entry: str = "scripts/inv rotate") -> Report:
     """Plan; unless dry_run, take the lock and apply. Credential failures are collected, not raised."""
     report = Report()
+    creds.store.check_mount()
     if not dry_run:
         lock = Lock(creds.store)
         report.held = lock.acquire(whoami(entry), now)

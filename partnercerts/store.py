@@ -176,6 +176,9 @@ class Store:
             if "check-and-set" in str(exc):
                 raise Conflict(f"{path} was changed by another run while this one worked; run the command again") from None
             raise
+        except hvac.exceptions.InvalidPath:
+            raise UserError(f"cannot write {self.mount}/data/{path} at {self.addr}: the KV v2 mount '{self.mount}' "
+                            "is missing; create it with scripts/inv vault.bootstrap") from None
         except hvac.exceptions.Forbidden:
             raise UserError(f"Vault at {self.addr} denied writing {self.mount}/data/{path}; "
                             "use a token or AppRole whose policy allows it") from None
