@@ -48,7 +48,8 @@ def test_readme_flow_own_ca_import_status_and_history(cli, raw, own_ca, tmp_path
     rows = json.loads(cli("status", "--json").out)
     fleet = next(x for x in rows if x["app"] == "fleet")
     assert set(fleet) == {"mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since",
-                          "hosts_in_sync", "hosts_total"}
+                          "hosts_in_sync", "hosts_total", "pending_submitted_at", "pending_age_days",
+                          "turnaround_median_days"}
     assert fleet["state"] == "active" and fleet["serial"] == serial and fleet["client_id"] == "app-1234-abcd"
     assert fleet["pending_since"] is None and fleet["not_after"].endswith("+00:00")
     end = sh("openssl", "x509", "-in", str(cert), "-noout", "-enddate").stdout.decode().strip().split("=")[1]
