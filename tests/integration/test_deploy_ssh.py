@@ -143,25 +143,40 @@ def test_first_deploy_check_mode_idempotence_modes_and_a_real_api_call(fleet, ra
     assert "3/3" in cli("status").out
 
 
-def test_a_down_host_is_named_the_others_deploy_and_the_next_run_catches_up(fleet, cli, ssh_hosts):
-    cli("rotate")
-    fleet.learn_secrets()
-    old = fleet.vault_serial()
-    down = fleet.names[2]
-    ssh_hosts.stop_host(down)
-    fleet.renew()
-    new = fleet.vault_serial()
-    r = cli("deploy", ok=False)
-    assert r.rc != 0
-    assert re.search(rf"{down}: unreachable", r.err), r.err
-    assert [fleet.serial(h) for h in fleet.names] == [new, new, old]
-    assert "2/3" in cli("status").out
-    ssh_hosts.start_host(down)
-    plan = cli("rotate", "--dry-run")
-    assert "would be deployed" in plan.out
-    cli("rotate")
-    assert [fleet.serial(h) for h in fleet.names] == [new, new, new]
-    assert "3/3" in cli("status").out
+def test_a_down_host_is_named_the_others_deploy_and_the_next_run_catches_up(fleet, cli, ssh_hosts, inventory):
+    from tests.integration.test_rotation_prod import webhook_server
+    url, received, stop = webhook_server()
+    (inventory / "group_vars" / "all" / "notify.yml").write_text(yaml.safe_dump(
+        {"partnercerts_notify": {"webhook": {"url": url}}}))
+    try:
+        cli("rotate")
+        fleet.learn_secrets()
+        old = fleet.vault_serial()
+        down = fleet.names[2]
+        ssh_hosts.stop_host(down)
+        fleet.renew()
+        new = fleet.vault_serial()
+        r = cli("deploy", ok=False)
+        assert r.rc != 0
+        assert re.search(rf"{down}: unreachable", r.err), r.err
+        assert [fleet.serial(h) for h in fleet.names] == [new, new, old]
+        assert "2/3" in cli("status").out
+        received.clear()
+        failed = cli("rotate", ok=False)  # the scheduled run retries and alerts while the host stays down
+        assert failed.rc != 0 and down in failed.err
+        events = [e for batch in received for e in batch["events"]]
+        assert [(e["kind"], e["details"]["hosts"]) for e in events if e["app"] == APP] == [("deploy_failed", "2/3")]
+        ssh_hosts.start_host(down)
+        plan = cli("rotate", "--dry-run")
+        assert "would be deployed" in plan.out
+        received.clear()
+        cli("rotate")
+        assert [fleet.serial(h) for h in fleet.names] == [new, new, new]
+        assert "3/3" in cli("status").out
+        events = [e for batch in received for e in batch["events"]]
+        assert [(e["kind"], e["details"]["hosts"]) for e in events if e["app"] == APP] == [("deployed", "3/3")]
+    finally:
+        stop()
 
 
 def test_a_failing_reload_rolls_that_host_back_to_the_old_certificate(fleet, cli):

@@ -42,8 +42,8 @@ def smtp():
     controller.stop()
 
 
-@pytest.fixture
-def webhook():
+def webhook_server():
+    """A JSON webhook receiver on loopback: (url, received payloads, stop)."""
     received = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -57,9 +57,18 @@ def webhook():
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
-    server.server_close()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+    return f"http://127.0.0.1:{server.server_address[1]}/hook", received, stop
+
+
+@pytest.fixture
+def webhook():
+    url, received, stop = webhook_server()
+    yield url, received
+    stop()
 
 
 def set_partner(inventory, **over):
