@@ -1,15 +1,61 @@
 """Connecting to Vault/OpenBao: the standard VAULT_* environment, or the embedded workstation server."""
 from __future__ import annotations
 
+import functools
 import os
+import time
 from pathlib import Path
 
 import hvac
+import hvac.adapters
+import hvac.exceptions
 import requests
 
 from . import embedded
 from .errors import UserError
 from .settings import Settings
+
+
+class FailoverAdapter(hvac.adapters.JSONAdapter):
+    """Retries a request across the Vault nodes given, with bounded exponential backoff.
+
+    A node that refuses the connection, times out, is sealed or standing by, or answers 5xx
+    during a leader election is skipped; the next node (or the same after a pause) is tried
+    until `budget` seconds have passed. Writes are check-and-set, so a retried write that had
+    in fact succeeded comes back as a conflict, never as a second write.
+    """
+
+    RETRY_STATUS = (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway)
+
+    def __init__(self, base_uris: list[str], budget: float, **kwargs):
+        kwargs.pop("base_uri", None)
+        super().__init__(base_uri=base_uris[0], **kwargs)
+        self.base_uris = base_uris
+        self.budget = budget
+
+    def request(self, *args, **kwargs):
+        deadline = time.monotonic() + self.budget
+        pause = 0.1
+        while True:
+            for uri in list(self.base_uris):
+                self.base_uri = uri
+                try:
+                    response = super().request(*args, **kwargs)
+                    if uri != self.base_uris[0]:  # remember the node that answered
+                        self.base_uris.remove(uri)
+                        self.base_uris.insert(0, uri)
+                    return response
+                except (requests.ConnectionError, requests.Timeout, *self.RETRY_STATUS) as exc:
+                    last = exc
+            if time.monotonic() + pause > deadline:
+                raise last
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _addresses(addr: str) -> list[str]:
+    """VAULT_ADDR, or several comma-separated node addresses of one cluster (a partnercerts extension)."""
+    return [a.strip().rstrip("/") for a in addr.split(",") if a.strip()]
 
 
 def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
@@ -27,7 +73,13 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
             raise UserError(f"VAULT_CACERT={verify}: no such file; point it at the CA that signed the Vault server's certificate")
     if env.get("VAULT_SKIP_VERIFY", "").lower() in ("1", "true", "yes"):
         verify = False
-    client = hvac.Client(url=addr, verify=verify, namespace=env.get("VAULT_NAMESPACE") or None, timeout=30)
+    nodes = _addresses(addr)
+    try:
+        budget = float(env.get("PARTNERCERTS_VAULT_RETRY_SECONDS") or 10)
+    except ValueError:
+        raise UserError("PARTNERCERTS_VAULT_RETRY_SECONDS is not a number of seconds; set it to e.g. 10") from None
+    client = hvac.Client(url=nodes[0], verify=verify, namespace=env.get("VAULT_NAMESPACE") or None, timeout=30,
+                         adapter=functools.partial(FailoverAdapter, nodes, budget))
     # VAULT_TOKEN, then an explicit AppRole, then ~/.vault-token: a scheduled job given its
     # AppRole must not pick up an operator's token file.
     token = env.get("VAULT_TOKEN")

@@ -169,5 +169,13 @@ def test_vault_credentials_from_token_file_and_approle(cli, bao, mount, env):
 
 
 def test_unreachable_vault_is_one_clear_line(cli):
-    r = cli("status", ok=False, env={"VAULT_ADDR": "http://127.0.0.1:1"})
+    import time
+    t0 = time.monotonic()
+    r = cli("status", ok=False, env={"VAULT_ADDR": "http://127.0.0.1:1", "PARTNERCERTS_VAULT_RETRY_SECONDS": "2"})
     assert r.rc == 2 and "unreachable" in r.err and r.err.count("\n") == 1
+    assert 1 <= time.monotonic() - t0 < 10  # retried within its budget, then gave up
+
+
+def test_several_vault_nodes_are_tried_in_turn(cli, bao):
+    r = cli("status", env={"VAULT_ADDR": f"http://127.0.0.1:1,{bao.addr}"})
+    assert "MZP654321" in r.out
