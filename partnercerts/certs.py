@@ -5,7 +5,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -20,6 +20,35 @@ MAX_CHAIN_DEPTH = 8
 
 class GateError(UserError):
     """The import gate refused a certificate; nothing was written."""
+
+
+# What cryptography raises for a certificate that parsed but holds something malformed or unknown
+# (duplicate or undecodable extensions, an unknown public key or signature algorithm).
+_MALFORMED = (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
+def _key_sha256(cert: x509.Certificate) -> str | None:
+    """SHA-256 of the certificate's public key, or None when the key cannot be read."""
+    try:
+        return spki_sha256(cert.public_key())
+    except _MALFORMED:
+        return None
+
+
+def _extension(cert: x509.Certificate, kind, source: str):
+    """The value of one extension, None when absent; a malformed extension list is a refusal."""
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except _MALFORMED as exc:
+        raise GateError(f"{source}: the certificate is malformed ({_why(exc)}); ask the authority for a well-formed "
+                        "certificate") from None
+
+
+def _why(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:120] + "…"
 
 
 def load_bundle(data: bytes, source: str, max_bytes: int) -> list[x509.Certificate]:
@@ -41,7 +70,7 @@ def load_bundle(data: bytes, source: str, max_bytes: int) -> list[x509.Certifica
                 certs = [x509.load_der_x509_certificate(data)]
             except ValueError:
                 certs = pkcs7.load_der_pkcs7_certificates(data)
-    except ValueError:
+    except _MALFORMED:  # includes PKCS#7 that is not signed data (enveloped, ...): UnsupportedAlgorithm
         certs = []
     if not certs:
         raise GateError(f"{source}: not a readable certificate (expected PEM, DER or PKCS#7); check you saved the right file")
@@ -93,9 +122,10 @@ class Accepted:
 
 def _pick_leaf(certs, pending_key_sha256: str, source: str) -> x509.Certificate:
     for cert in certs:
-        if spki_sha256(cert.public_key()) == pending_key_sha256:
+        if _key_sha256(cert) == pending_key_sha256:
             return cert
-    found = ", ".join(spki_sha256(c.public_key())[:16] for c in certs)
+    found = ", ".join((_key_sha256(c) or "unreadable key")[:16] for c in certs[:4]) + (
+        f" and {len(certs) - 4} more" if len(certs) > 4 else "")
     raise GateError(f"{source}: no certificate is for the pending key (pending key SHA-256 {pending_key_sha256[:16]}…, "
                     f"found {found}); import the certificate signed for the CSR this tool made")
 
@@ -119,30 +149,24 @@ def _check_validity(leaf: x509.Certificate, now: dt.datetime, min_days: int, sou
 
 
 def _check_eku(leaf: x509.Certificate, source: str) -> None:
-    try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+    eku = _extension(leaf, x509.ExtendedKeyUsage, source)
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         raise GateError(f"{source}: extended key usage lacks clientAuth, so mutual TLS would fail; "
                         "ask the authority for a client-authentication certificate")
 
 
 def _check_not_ca(leaf: x509.Certificate, source: str) -> None:
-    try:
-        bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return
-    if bc.ca:
+    bc = _extension(leaf, x509.BasicConstraints, source)
+    if bc is not None and bc.ca:
         raise GateError(f"{source}: is a CA certificate, not a client certificate; import the client certificate")
 
 
 def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if child.issuer != issuer.subject:
-        return False
     try:
+        if child.issuer != issuer.subject:
+            return False
         child.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (TypeError, InvalidSignature, *_MALFORMED):
         return False
     return True
 
@@ -175,6 +199,14 @@ def _check_chain(leaf, extra, anchors, now: dt.datetime, source: str) -> list[x5
 def gate(certs: list[x509.Certificate], *, pending_key_sha256: str, expected_subject: x509.Name,
          anchors: list[x509.Certificate], now: dt.datetime, min_validity_days: int, source: str) -> Accepted:
     """Accept a certificate only if every check passes; raise GateError naming the first failure."""
+    try:
+        return _gate(certs, pending_key_sha256, expected_subject, anchors, now, min_validity_days, source)
+    except _MALFORMED as exc:  # a field cryptography parses only when read (subject, issuer, extensions)
+        raise GateError(f"{source}: a certificate in it is malformed ({_why(exc)}); ask the authority for a "
+                        "well-formed certificate") from None
+
+
+def _gate(certs, pending_key_sha256, expected_subject, anchors, now, min_validity_days, source) -> Accepted:
     leaf = _pick_leaf(certs, pending_key_sha256, source)
     _check_subject(leaf, expected_subject, source)
     _check_not_ca(leaf, source)

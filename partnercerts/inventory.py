@@ -5,12 +5,13 @@ Partners live in `<inventory>/group_vars/all.yml` or any `<inventory>/group_vars
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, names, shown
 from .profile import Subject, check_app, check_email, check_key_spec, make_subject
 
 SUBMISSION_METHODS = ("sandbox", "outbox", "email")
@@ -97,6 +98,11 @@ def _construct_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "found a mapping key that is a list or a mapping",
+                                                    key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
@@ -132,6 +138,9 @@ def load(path: Path) -> Inventory:
             raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix the syntax") from None
         except UnicodeDecodeError:
             raise UserError(f"{file}: not UTF-8 text; save it as UTF-8") from None
+        except RecursionError:
+            raise UserError(f"{file}: not valid YAML (lists or mappings nested hundreds of levels deep); "
+                            "fix the syntax") from None
         if not isinstance(doc, dict):
             continue
         if "partnercerts_sandbox_api" in doc:
@@ -143,9 +152,9 @@ def load(path: Path) -> Inventory:
             notify = NotifyConfig.from_mapping(doc["partnercerts_notify"], f"{file}: partnercerts_notify")
         if "partnercerts_metrics_textfile" in doc:
             metrics_textfile = doc["partnercerts_metrics_textfile"] or ""
-            if not isinstance(metrics_textfile, str) or "{{" in metrics_textfile:
-                raise UserError(f"{file}: partnercerts_metrics_textfile must be a plain path, "
-                                "e.g. /var/lib/node_exporter/textfile/partnercerts.prom")
+            if not isinstance(metrics_textfile, str) or (metrics_textfile and not clean_absolute(metrics_textfile)):
+                raise UserError(f"{file}: partnercerts_metrics_textfile must be a plain absolute path, normalised "
+                                "and without '..', e.g. /var/lib/node_exporter/textfile/partnercerts.prom")
         if VAR not in doc:
             continue
         raw_list = doc[VAR]
@@ -165,11 +174,12 @@ def load(path: Path) -> Inventory:
 def _partner(raw: object, where: str, source: str) -> Partner:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: must be a mapping with mzp, country, state, locality, organization, email, applications")
-    if isinstance(raw.get("mzp"), str):
-        where = f"{source}: partner {raw['mzp']}"
+    mzp = raw.get("mzp")
+    if isinstance(mzp, str) and 0 < len(mzp) <= 20 and mzp.isprintable():  # else "partner #n" (one line, short)
+        where = f"{source}: partner {mzp}"
     unknown = set(raw) - PARTNER_KEYS
     if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+        raise UserError(f"{where}: unknown field(s) {names(unknown)}; "
                         f"allowed: {', '.join(sorted(PARTNER_KEYS))} (OU and CN are implied)")
     subject = make_subject(raw, where)
     submission = _submission(raw.get("submission", "sandbox"), where)
@@ -187,7 +197,7 @@ def _partner(raw: object, where: str, source: str) -> Partner:
             raise UserError(f"{where}: application #{j + 1} must be a mapping with 'name' and optional 'key'")
         unknown = set(a) - APP_KEYS
         if unknown:
-            raise UserError(f"{where}: application #{j + 1} has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+            raise UserError(f"{where}: application #{j + 1} has unknown field(s) {names(unknown)}; "
                             "allowed: name, key")
         name = check_app(a.get("name"), where)
         if any(x.name == name for x in apps):
@@ -197,10 +207,16 @@ def _partner(raw: object, where: str, source: str) -> Partner:
                    pending_reminder_days=reminder, deploy_window_days=window, source=source)
 
 
+def clean_absolute(path: str) -> bool:
+    """An absolute, normalised path on one line: no '..', '.', '//', trailing '/' or template."""
+    return (path.startswith("/") and not path.startswith("//") and os.path.normpath(path) == path and path != "/"
+            and path.isprintable() and "{{" not in path)
+
+
 def _days(raw: dict, name: str, default: int, where: str) -> int:
     value = raw.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 3650:
-        raise UserError(f"{where}: field '{name}' is {value!r}; use a whole number of days from 1 to 3650")
+        raise UserError(f"{where}: field '{name}' is {shown(value)}; use a whole number of days from 1 to 3650")
     return value
 
 
@@ -212,19 +228,20 @@ def _submission(raw: object, where: str) -> Submission:
         raise UserError(f"{where}: field 'submission' must be a method name or a mapping with 'method'")
     unknown = set(raw) - SUBMISSION_KEYS
     if unknown:
-        raise UserError(f"{where}: submission has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+        raise UserError(f"{where}: submission has unknown field(s) {names(unknown)}; "
                         f"allowed: {', '.join(sorted(SUBMISSION_KEYS))}")
     method = raw.get("method")
-    if method not in SUBMISSION_METHODS:
-        raise UserError(f"{where}: field 'submission' method is {method!r}; use one of {', '.join(SUBMISSION_METHODS)}")
+    if not isinstance(method, str) or method not in SUBMISSION_METHODS:
+        raise UserError(f"{where}: field 'submission' method is {shown(method)}; use one of {', '.join(SUBMISSION_METHODS)}")
     if method == "sandbox":
         return Submission()
     to = check_email(raw.get("to"), f"{where}: submission 'to'")
     sender = check_email(raw["from"], f"{where}: submission 'from'") if raw.get("from") else ""
     if method == "outbox":
         out = raw.get("dir")
-        if not isinstance(out, str) or not out.startswith("/") or "{{" in out:
-            raise UserError(f"{where}: submission 'dir' must be an absolute directory path for the outbox")
+        if not isinstance(out, str) or not clean_absolute(out):
+            raise UserError(f"{where}: submission 'dir' must be an absolute directory path for the outbox, "
+                            "normalised and without '..', e.g. /var/spool/partnercerts/outbox")
         return Submission(method, to, sender, outbox_dir=out)
     if not isinstance(raw.get("smtp"), dict):
         raise UserError(f"{where}: submission 'smtp' must be a mapping with host (port, security, user)")

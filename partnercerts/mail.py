@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from .errors import UserError
+from .errors import UserError, names, shown
 
 SECURITY = ("starttls", "tls", "none")
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
@@ -64,21 +64,21 @@ class SmtpConfig:
                             "SMTP password in Vault (scripts/inv smtp-password)")
         unknown = set(raw) - set(SMTP_KEYS)
         if unknown:
-            raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+            raise UserError(f"{where}: unknown field(s) {names(unknown)}; "
                             f"allowed: {', '.join(SMTP_KEYS)}")
         host = raw.get("host")
         if not isinstance(host, str) or not host.strip() or len(host) > 253 or any(c.isspace() for c in host) \
                 or "/" in host or "{{" in host:
-            raise UserError(f"{where}: field 'host' is {host!r}; give the SMTP server's name or address, "
+            raise UserError(f"{where}: field 'host' is {shown(host)}; give the SMTP server's name or address, "
                             "e.g. smtp.example.com")
         host = host.strip("[]")
         security = raw.get("security", "starttls")
-        if security not in SECURITY:
-            raise UserError(f"{where}: field 'security' is {security!r}; use one of {', '.join(SECURITY)} "
+        if not isinstance(security, str) or security not in SECURITY:
+            raise UserError(f"{where}: field 'security' is {shown(security)}; use one of {', '.join(SECURITY)} "
                             "(starttls on 587, tls = implicit TLS on 465, none only to a loopback address)")
         port = raw.get("port", DEFAULT_PORTS[security])
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise UserError(f"{where}: field 'port' is {port!r}; use a port number from 1 to 65535 "
+            raise UserError(f"{where}: field 'port' is {shown(port)}; use a port number from 1 to 65535 "
                             "(587 for starttls, 465 for tls)")
         user = raw.get("user")
         if user is not None and (not isinstance(user, str) or not user or len(user) > 256
@@ -86,7 +86,7 @@ class SmtpConfig:
             raise UserError(f"{where}: field 'user' must be the SMTP login name (one line), or left out for no login")
         timeout = raw.get("timeout", 30)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT:
-            raise UserError(f"{where}: field 'timeout' is {timeout!r}; use seconds from 1 to {MAX_TIMEOUT}")
+            raise UserError(f"{where}: field 'timeout' is {shown(timeout)}; use seconds from 1 to {MAX_TIMEOUT}")
         cafile = raw.get("cafile")
         if cafile is not None and (not isinstance(cafile, str) or not cafile or "{{" in cafile):
             raise UserError(f"{where}: field 'cafile' must be the path of a PEM file with the CA that signed "

@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from typing import Callable
 
 from . import mail
-from .errors import UserError
+from .errors import UserError, names, shown
 from .mail import SmtpConfig, is_loopback
 
 # A plain address; display names are not needed for an operations mailbox.
@@ -150,7 +150,7 @@ class NotifyConfig:
             raise UserError(f"{where}: must be a mapping with 'email' and/or 'webhook' (and optional 'events')")
         unknown = set(raw) - set(NOTIFY_KEYS)
         if unknown:
-            raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+            raise UserError(f"{where}: unknown field(s) {names(unknown)}; "
                             f"allowed: {', '.join(NOTIFY_KEYS)}")
         email = _email(raw["email"], f"{where}: email") if raw.get("email") is not None else None
         webhook = _webhook(raw["webhook"], f"{where}: webhook") if raw.get("webhook") is not None else None
@@ -158,21 +158,21 @@ class NotifyConfig:
             raise UserError(f"{where}: configure 'email' and/or 'webhook'")
         events = frozenset(Kind)
         if "events" in raw:
-            names = raw["events"]
-            if not isinstance(names, list) or not names:
+            kinds = raw["events"]
+            if not isinstance(kinds, list) or not kinds:
                 raise UserError(f"{where}: field 'events' must list event kinds ({', '.join(k.value for k in Kind)}); "
                                 "leave it out for all")
-            bad = [n for n in names if n not in {k.value for k in Kind}]
+            bad = [n for n in kinds if not isinstance(n, str) or n not in {k.value for k in Kind}]
             if bad:
-                raise UserError(f"{where}: field 'events' has unknown kind(s) {', '.join(map(repr, bad))}; "
+                raise UserError(f"{where}: field 'events' has unknown kind(s) {', '.join(map(shown, bad[:5]))}; "
                                 f"use {', '.join(k.value for k in Kind)}")
-            events = frozenset(Kind(n) for n in names)
+            events = frozenset(Kind(n) for n in kinds)
         return cls(email=email, webhook=webhook, events=events)
 
 
 def _address(value: object, where: str, name: str) -> str:
     if not isinstance(value, str) or len(value) > 254 or not ADDRESS_RE.fullmatch(value):
-        raise UserError(f"{where}: field '{name}' is {value!r}; it must be a plain e-mail address, e.g. ops@example.com")
+        raise UserError(f"{where}: field '{name}' is {shown(value)}; it must be a plain e-mail address, e.g. ops@example.com")
     return value
 
 
@@ -181,7 +181,7 @@ def _email(raw: object, where: str) -> EmailConfig:
         raise UserError(f"{where}: must be a mapping with to, from and smtp")
     unknown = set(raw) - set(EMAIL_KEYS)
     if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(EMAIL_KEYS)}")
+        raise UserError(f"{where}: unknown field(s) {names(unknown)}; allowed: {', '.join(EMAIL_KEYS)}")
     to = raw.get("to")
     if isinstance(to, str):
         to = [to]
@@ -201,7 +201,7 @@ def _webhook(raw: object, where: str) -> WebhookConfig:
         raise UserError(f"{where}: must be a mapping with url (and optional timeout, cafile)")
     unknown = set(raw) - set(WEBHOOK_KEYS)
     if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(WEBHOOK_KEYS)}")
+        raise UserError(f"{where}: unknown field(s) {names(unknown)}; allowed: {', '.join(WEBHOOK_KEYS)}")
     url = raw.get("url")
     u, host = None, None
     if isinstance(url, str):
@@ -221,7 +221,7 @@ def _webhook(raw: object, where: str) -> WebhookConfig:
                         "use https (events would travel unprotected and unauthenticated)")
     timeout = raw.get("timeout", 10)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 300:
-        raise UserError(f"{where}: field 'timeout' is {timeout!r}; use seconds from 1 to 300")
+        raise UserError(f"{where}: field 'timeout' is {shown(timeout)}; use seconds from 1 to 300")
     cafile = raw.get("cafile")
     if cafile is not None and (not isinstance(cafile, str) or not cafile or "{{" in cafile):
         raise UserError(f"{where}: field 'cafile' must be the path of a PEM file with the CA of the webhook's server")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from .errors import UserError
+from .errors import UserError, shown
 
 OU = "Programs Partners"
 MZP_RE = re.compile(r"^MZP[0-9]{6}$")
@@ -68,8 +68,11 @@ class Subject:
 
 
 def _conf_escape(value: str) -> str:
-    # OpenSSL config values: backslash escapes, '$' expands variables, '#' starts a comment.
-    out = value.replace("\\", "\\\\").replace("$", "\\$").replace("#", "\\#").replace('"', '\\"')
+    # OpenSSL config values: backslash escapes, '$' expands variables, '#' starts a comment, and
+    # '"', "'" and '`' all quote (an unescaped apostrophe vanishes: "Villeneuve-d'Ascq" -> "Villeneuve-dAscq").
+    out = value.replace("\\", "\\\\").replace("$", "\\$").replace("#", "\\#")
+    for quote in "\"'`":
+        out = out.replace(quote, "\\" + quote)
     # Leading/trailing blanks are trimmed by the parser unless escaped.
     if out[:1] == " ":
         out = "\\" + out
@@ -94,26 +97,26 @@ def check_text(field: str, value: object, where: str) -> str:
 
 def check_mzp(value: object, where: str) -> str:
     if not isinstance(value, str) or not MZP_RE.fullmatch(value):
-        raise UserError(f"{where}: field 'mzp' is {value!r}; it must be 'MZP' followed by six digits, e.g. MZP123456")
+        raise UserError(f"{where}: field 'mzp' is {shown(value)}; it must be 'MZP' followed by six digits, e.g. MZP123456")
     return value
 
 
 def check_country(value: object, where: str) -> str:
     if not isinstance(value, str) or not COUNTRY_RE.fullmatch(value):
-        raise UserError(f"{where}: field 'country' is {value!r}; it must be two capital letters (ISO 3166), e.g. FR")
+        raise UserError(f"{where}: field 'country' is {shown(value)}; it must be two capital letters (ISO 3166), e.g. FR")
     return value
 
 
 def check_email(value: object, where: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_LEN["email"] or not EMAIL_RE.fullmatch(value):
-        raise UserError(f"{where}: field 'email' is {value!r}; it must be a plain e-mail address, e.g. certs@example.com")
+        raise UserError(f"{where}: field 'email' is {shown(value)}; it must be a plain e-mail address, e.g. certs@example.com")
     return value
 
 
 def check_app(value: object, where: str) -> str:
     if not isinstance(value, str) or not APP_RE.fullmatch(value):
         raise UserError(
-            f"{where}: application name {value!r} is not allowed; use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+            f"{where}: application name {shown(value)} is not allowed; use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
     return value
 
 
@@ -121,7 +124,7 @@ def check_key_spec(value: object, where: str) -> str:
     if value is None:
         return DEFAULT_KEY_SPEC
     if not isinstance(value, str) or value not in KEY_SPECS:
-        raise UserError(f"{where}: field 'key' is {value!r}; use one of {', '.join(KEY_SPECS)}")
+        raise UserError(f"{where}: field 'key' is {shown(value)}; use one of {', '.join(KEY_SPECS)}")
     return value
 
 

@@ -536,9 +536,9 @@ def _take_pieces(reply: Reply, pieces: list[_Piece], max_bytes: int, source: str
     if not leaves:
         _take_unreadable(unreadable, leaves, reply)
     elif unreadable:
-        reply.problems.append(f"{', '.join(p.name for p in unreadable)}: not a readable certificate; ignored")
+        reply.problems.append(f"{_some(p.name for p in unreadable)}: not a readable certificate; ignored")
     if len(leaves) > 1:
-        names = ", ".join(p.name for p in leaves.values())
+        names = _some(p.name for p in leaves.values())
         raise UserError(f"{source}: {len(leaves)} different certificates are attached or pasted ({names}); "
                         "ambiguous: give --cert or --url explicitly")
     if leaves:
@@ -557,6 +557,12 @@ def _take_unreadable(unreadable: list[_Piece], leaves: dict, reply: Reply) -> No
 
 
 # ------------------------------------------------ links
+
+
+def _some(texts, limit: int = 3) -> str:
+    """The first few of many names or links, for a message that must stay one short line."""
+    items = list(texts)
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _words(text: str) -> set[str]:
@@ -666,7 +672,7 @@ def _take_links(reply: Reply, kinds: dict[str, str], source: str) -> None:
     cert_urls = [u for u, k in kinds.items() if k == "cert"] or [u for u, k in kinds.items() if k == "download"]
     ca_urls = [u for u, k in kinds.items() if k == "ca"]
     if len(cert_urls) > 1 and reply.cert is None:
-        shown = ", ".join(shown_url(u) for u in cert_urls)
+        shown = _some(shown_url(u) for u in cert_urls)
         raise UserError(f"{source}: {len(cert_urls)} different certificate links ({shown}); ambiguous: "
                         "give --cert or --url explicitly")
     if len(cert_urls) == 1:
@@ -677,7 +683,7 @@ def _take_links(reply: Reply, kinds: dict[str, str], source: str) -> None:
         reply.ca_url = ca_urls[0]
     elif ca_urls and reply.ca is None:
         reply.problems.append(f"{len(ca_urls)} different CA certificate links "
-                              f"({', '.join(shown_url(u) for u in ca_urls)}); none taken: give --ca explicitly")
+                              f"({_some(shown_url(u) for u in ca_urls)}); none taken: give --ca explicitly")
     for what, url in (("certificate", reply.cert_url), ("CA certificate", reply.ca_url)):
         if url and not url.lower().startswith("https://"):
             reply.problems.append(f"the {what} link {shown_url(url)} is not https:// and will be refused; ask the "
@@ -699,7 +705,7 @@ def _client_id(bodies: list[_Body], problems: list[str]) -> str | None:
         problems.append("no Client ID found in the reply; give --client-id explicitly")
         return None
     if len(found) > 1:
-        problems.append(f"several Client IDs in the reply ({', '.join(found)}); give --client-id explicitly")
+        problems.append(f"several Client IDs in the reply ({_some(found)}); give --client-id explicitly")
         return None
     return found[0]
 

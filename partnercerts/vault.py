@@ -37,6 +37,7 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
         deadline = time.monotonic() + self.budget
         pause = 0.1
         while True:
+            tls_only = True  # a certificate that fails verification on every node will not pass on a retry
             for uri in list(self.base_uris):
                 self.base_uri = uri
                 try:
@@ -45,9 +46,11 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
                         self.base_uris.remove(uri)
                         self.base_uris.insert(0, uri)
                     return response
-                except (requests.ConnectionError, requests.Timeout, *self.RETRY_STATUS) as exc:
+                except requests.exceptions.SSLError as exc:
                     last = exc
-            if time.monotonic() + pause > deadline:
+                except (requests.ConnectionError, requests.Timeout, *self.RETRY_STATUS) as exc:
+                    last, tls_only = exc, False
+            if tls_only or time.monotonic() + pause > deadline:
                 raise last
             time.sleep(pause)
             pause = min(pause * 2, 2.0)

@@ -13,7 +13,11 @@ description:
   - Normally called through the action plugin of the same name, which reads the credential from
     Vault on the control node; secrets never appear in the task's arguments or results.
 options:
-  dest: {description: Credential directory on the host., type: path, required: true}
+  dest:
+    description: Credential directory on the host; an absolute, normalised path without C(..) components
+      (C(/etc/psa/fleet), never C(../psa), C(psa/fleet), C(/etc/psa/../x) or C(/etc/psa/)).
+    type: path
+    required: true
   state:
     description: C(present) stages and switches; C(rollback) points current back at C(to);
       C(inspect) reports what current holds (read-only); C(smoke) calls the API with the deployed credential.
@@ -55,6 +59,25 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 class Refused(Exception):
     """A check failed; the message says what, never a secret."""
+
+
+def check_dest(dest):
+    """Why dest is refused (one line, naming it and the fix), or None: it must be absolute and normalised,
+    so a release can never land outside the directory the inventory names, nor depend on the login's cwd."""
+    fix = "give an absolute, normalised directory such as /etc/psa/fleet in partnercerts_deploy_credentials"
+    if not dest:
+        return "dest is empty; %s" % fix
+    if any(ord(c) < 32 or ord(c) == 127 for c in dest):
+        return "dest %r contains a control character; %s" % (dest, fix)
+    if not os.path.isabs(dest):
+        return "dest %r is a relative path; %s" % (dest, fix)
+    if ".." in dest.split("/"):
+        return "dest %r contains '..'; %s" % (dest, fix)
+    if os.path.normpath(dest) != dest or dest.startswith("//"):
+        return "dest %r is not normalised (%s); %s" % (dest, os.path.normpath(dest), fix)
+    if dest == "/":
+        return "dest '/' is the root directory; %s" % fix
+    return None
 
 
 def sha256(data):
@@ -432,6 +455,9 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    refused = check_dest(p["dest"])
+    if refused:
+        module.fail_json(msg=refused)
     try:
         if p["state"] == "present":
             result = present(module, p)

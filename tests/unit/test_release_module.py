@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from partnercerts import keys
 from partnercerts.profile import Subject
 from tests.conftest import ROOT
+from tests.fixtures.make_corpus import DEST_RULE, HOSTILE_DESTS, LITERAL_DEST
 from tests.pki import CA, key
 
 spec = importlib.util.spec_from_file_location("partnercerts_release", ROOT / "plugins/modules/partnercerts_release.py")
@@ -76,3 +77,16 @@ def test_switch_refuses_a_real_directory_named_current(tmp_path):
     (tmp_path / "current").mkdir()
     with pytest.raises(mod.Refused, match="is not a symlink"):
         mod.current_target(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_DESTS))
+def test_a_relative_or_unnormalised_dest_is_refused_before_anything_is_touched(name):
+    value, why = HOSTILE_DESTS[name]
+    dest = value.format(root="/srv/t")
+    refused = mod.check_dest(dest)
+    assert refused and why in refused and DEST_RULE in refused and "\n" not in refused
+
+
+def test_an_absolute_normalised_dest_is_accepted_even_with_shell_characters():
+    assert mod.check_dest("/etc/psa/fleet") is None
+    assert mod.check_dest(LITERAL_DEST.format(root="/srv/t")) is None  # taken literally: no shell sees it
