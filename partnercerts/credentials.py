@@ -202,7 +202,9 @@ class Credentials:
             if self._settle_crashed_import(mzp, app, rec) is not None and not force:
                 return self._existing(partner, application, rec)
             rec = self.store.read(path)  # the tombstone moved the version
-        cas = rec.version if rec else self.store.version(path)
+        # The version seen by the same read: re-asking Vault for it here would let a run that
+        # lost the race overwrite the winner's pending key.
+        cas = rec.version if rec else 0
         key = keys.generate(application.key_spec)
         request = csrmod.build(partner.subject, key)
         key_pem = keys.to_pem(key)

@@ -48,7 +48,7 @@ class Lock:
             data = {"state": "held", "holder": holder, "token": token, "acquired_at": iso(now),
                     "expires_at": iso(now + self.ttl)}
             try:
-                self.version = self.store.write(self.path, data, cas=rec.version if rec else self.store.version(self.path))
+                self.version = self.store.write(self.path, data, cas=rec.version if rec else 0)
             except Conflict:
                 continue  # someone else moved first: look again
             self.token = token

@@ -87,3 +87,32 @@ def test_unknown_partner_or_app_changes_nothing(cli, raw):
     r = cli("csr", "--mzp", "MZP654321", "--app", "nope", ok=False)
     assert r.rc == 2 and "has no application 'nope'" in r.err
     assert raw.snapshot() == {}
+
+
+def test_a_run_that_loses_the_race_never_overwrites_the_winners_key(env, bao, raw):
+    import datetime as dt
+
+    from partnercerts import inventory
+    from partnercerts.credentials import Credentials
+    from partnercerts.settings import Settings
+    from partnercerts.store import Store
+
+    settings = Settings.from_env(env)
+    inv = inventory.load(settings.inventory)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    class Racing(Store):
+        """Another run creates its pending key right after this run looked and saw none."""
+        fired = False
+
+        def read(self, path):
+            rec = super().read(path)
+            if path.endswith("/pending") and not self.fired:
+                self.fired = True
+                Credentials(settings, inv, Store(bao.client(), settings)).make_csr("MZP654321", "fleet", now)
+            return rec
+
+    got = Credentials(settings, inv, Racing(bao.client(), settings)).make_csr("MZP654321", "fleet", now)
+    pending = raw.read(f"{CRED}/pending")
+    assert pending["metadata"]["version"] == 1
+    assert got.created is False and got.key_sha256 == pending["data"]["key_sha256"]
