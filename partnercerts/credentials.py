@@ -120,6 +120,11 @@ class Credentials:
             pend = None
         else:
             pend = self._live_pending(mzp, app)
+            if pend and cur and cur.data.get("key_sha256") == pend.data.get("key_sha256"):
+                # An import that died after writing `current` but before its tombstone: settle it,
+                # or the credential would wait for the authority forever and never be renewed.
+                self._tombstone(mzp, app, pend, cur.data["serial"])
+                pend = None
         hosts = self.store.read(self.store.hosts_path(mzp, app))
         index = Index()
         if cur:
@@ -258,6 +263,8 @@ class Credentials:
         cur = self.store.read(self.store.current_path(mzp, app))
         pend = self.store.read(self.store.pending_path(mzp, app))
         if cur and any(certs.fingerprint(c) == cur.data["fingerprint_sha256"] for c in bundle):
+            if pend and pend.data.get("state") == PENDING and self._settle_crashed_import(mzp, app, pend) is None:
+                self.reindex(mzp, app)  # the import that made it current died before its tombstone
             return ImportResult(mzp, app, cur.data["serial"], cur.data["not_after"], cur.data["fingerprint_sha256"],
                                 cur.data["client_id"], already_current=True)
         if not pend or pend.data.get("state") != PENDING:
