@@ -26,6 +26,7 @@ class Report:
     events: list = field(default_factory=list)          # notify.Event
     held: Held | None = None                            # set when another run holds the lock
     lock_token: str = ""
+    took_over: str = ""                                 # holder of a dead run's lock this run took over
 
     @property
     def todo(self) -> list[Step]:
@@ -38,16 +39,19 @@ def event(kind: str, mzp: str, app: str, message: str, now: dt.datetime, **detai
 
 
 def start(creds: Credentials, now: dt.datetime, *, mzp: str | None = None, app: str | None = None,
-          dry_run: bool = False, deploy: bool = True, entry: str = "scripts/inv rotate") -> Report:
-    """Plan; unless dry_run, take the lock and apply. Credential failures are collected, not raised."""
+          dry_run: bool = False, deploy: bool = True, entry: str = "scripts/inv rotate",
+          owner_pid: int | None = None) -> Report:
+    """Plan; unless dry_run, take the lock and apply. Credential failures are collected, not raised.
+    owner_pid: the process the run lives in, when not this one (rotate.yml: ansible-playbook)."""
     report = Report()
     creds.store.check_mount()
     if not dry_run:
         lock = Lock(creds.store)
-        report.held = lock.acquire(whoami(entry), now)
+        report.held = lock.acquire(whoami(entry, owner_pid), now, pid=owner_pid)
         if report.held:
             return report
         report.lock_token = lock.token
+        report.took_over = lock.took_over
     report.steps = creds.plan(now, mzp, app)
     if dry_run:
         report.deploy = [_key(s) for s in report.steps if s in report.todo or (deploy and s.hosts_behind)]

@@ -23,33 +23,78 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
     during a leader election is skipped; the next node (or the same after a pause) is tried
     until `budget` seconds have passed. Writes are check-and-set, so a retried write that had
     in fact succeeded comes back as a conflict, never as a second write.
+
+    With several nodes, requests go to the active node only. OpenBao's standbys answer reads
+    from their own copy of the data, which lags behind the writes (a key just written and read
+    back through a standby is not there yet), so a standby that answers is still skipped: the
+    active node is the one whose unauthenticated sys/health answers 200. It is looked up before
+    the first request, after any failure and every PROBE_SECONDS; while no node is active (an
+    election), the lookup is retried within the budget, then the nodes are tried in order.
     """
 
     RETRY_STATUS = (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway)
+    PROBE_SECONDS = 5.0
 
     def __init__(self, base_uris: list[str], budget: float, **kwargs):
         kwargs.pop("base_uri", None)
         super().__init__(base_uri=base_uris[0], **kwargs)
         self.base_uris = base_uris
         self.budget = budget
+        self._probed = 0.0  # when the active node was last confirmed (monotonic); 0: look before the next request
+        self._tls_failed = False  # the last look failed TLS verification on every node
+
+    def _find_active(self) -> str | None:
+        """The node whose sys/health says it is the active one (put first), or None."""
+        self._tls_failed = True
+        for uri in list(self.base_uris):
+            try:
+                r = self.session.get(f"{uri}/v1/sys/health", timeout=5, verify=self._kwargs.get("verify"),
+                                     cert=self._kwargs.get("cert"), proxies=self._kwargs.get("proxies"))
+            except requests.exceptions.SSLError:
+                continue
+            except requests.RequestException:
+                self._tls_failed = False
+                continue
+            self._tls_failed = False
+            if r.status_code == 200:
+                self.base_uris.remove(uri)
+                self.base_uris.insert(0, uri)
+                self.base_uri = uri
+                self._probed = time.monotonic()
+                return uri
+        return None
 
     def request(self, *args, **kwargs):
         deadline = time.monotonic() + self.budget
         pause = 0.1
         while True:
+            nodes = list(self.base_uris)
+            if len(nodes) > 1:
+                if time.monotonic() - self._probed > self.PROBE_SECONDS:
+                    active = self._find_active()
+                    if active is None and not self._tls_failed and time.monotonic() + pause <= deadline:
+                        time.sleep(pause)  # no active node yet (an election): look again
+                        pause = min(pause * 2, 2.0)
+                        continue
+                    nodes = [active] if active else nodes  # none active by the deadline: try each in turn
+                else:
+                    nodes = nodes[:1]  # the active node found by the last look
             tls_only = True  # a certificate that fails verification on every node will not pass on a retry
-            for uri in list(self.base_uris):
+            for uri in nodes:
                 self.base_uri = uri
                 try:
                     response = super().request(*args, **kwargs)
                     if uri != self.base_uris[0]:  # remember the node that answered
                         self.base_uris.remove(uri)
                         self.base_uris.insert(0, uri)
+                    if not self._probed:  # answered although no node said it was active: keep it a while
+                        self._probed = time.monotonic()
                     return response
                 except requests.exceptions.SSLError as exc:
                     last = exc
                 except (requests.ConnectionError, requests.Timeout, *self.RETRY_STATUS) as exc:
                     last, tls_only = exc, False
+                    self._probed = 0.0  # the active node may have changed: look again before the next try
             if tls_only or time.monotonic() + pause > deadline:
                 raise last
             time.sleep(pause)

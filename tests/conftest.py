@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from partnercerts.embedded import bao_binary  # noqa: E402
 
-pytest_plugins = ["tests.plugins.testhosts"] if (ROOT / "tests/plugins/testhosts.py").exists() else []
+pytest_plugins = ["tests.plugins.testhosts", "tests.plugins.chaos"]
 
 DEMO_PARTNER = """\
 partnercerts_partners:

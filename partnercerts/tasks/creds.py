@@ -10,7 +10,6 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from .. import certs
 from ..errors import UserError
 from ._ansible import playbook
 from ._common import credentials, info, now, reports_errors
@@ -60,7 +59,7 @@ def csr(c, mzp, app, out=None, force=False):
 @reports_errors
 def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=None):
     """Import a signed certificate (a file, a download link or a reply e-mail) through the strict gate."""
-    from .. import reply
+    from .. import certs, reply
     if sum(x is not None for x in (cert, url, eml)) != 1:
         raise UserError("give exactly one of --cert FILE, --url LINK or --eml FILE")
     creds = credentials()
@@ -175,6 +174,8 @@ def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
         print(f"another rotation holds the lock: {report.held.holder}, since {report.held.acquired_at} "
               f"(expires {report.held.expires_at}); nothing done")
         return
+    if report.took_over:
+        print(f"took over the rotation lock of a run that died on this machine: {report.took_over}")
     width = max([len(f"{s.mzp}/{s.app}") for s in report.steps] + [10])
     print("plan:")
     for s in report.steps:

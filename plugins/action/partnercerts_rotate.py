@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -40,8 +41,11 @@ class ActionModule(ActionBase):
             settings = Settings.from_env()
             creds = Credentials(settings, inventory.load(settings.inventory), Store(connect(settings), settings))
             if state == "start":
+                # The lock lives as long as ansible-playbook (this worker is forked from it and ends
+                # with this task), so a lock left by a killed playbook is recognised as dead.
                 report = rotation.start(creds, now, mzp=args.get("mzp"), app=args.get("app"),
-                                        dry_run=bool(args.get("dry_run")), entry="playbooks/rotate.yml")
+                                        dry_run=bool(args.get("dry_run")), entry="playbooks/rotate.yml",
+                                        owner_pid=os.getppid())
                 if report.held:
                     result.update(changed=False, held=dataclasses.asdict(report.held), deploy=[],
                                   msg=f"another rotation holds the lock: {report.held.holder}, "

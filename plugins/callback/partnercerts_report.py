@@ -67,7 +67,7 @@ class CallbackModule(CallbackBase):
             if not tag or not tag.get("mzp"):
                 continue
             key = (tag["mzp"], tag["app"])
-            if tag.get("state") == "inspect" and "in_sync" in item:
+            if tag.get("state") in ("inspect", "present") and "in_sync" in item:  # present: when it changed nothing
                 self.reports[key][host] = {
                     "in_sync": bool(item["in_sync"]), "serial": item.get("serial", ""),
                     "fingerprint_sha256": item.get("fingerprint_sha256", ""), "drift": item.get("drift", []),

@@ -20,9 +20,11 @@ options:
     required: true
   state:
     description: C(present) stages and switches; C(rollback) points current back at C(to);
-      C(inspect) reports what current holds (read-only); C(smoke) calls the API with the deployed credential.
+      C(inspect) reports what current holds (read-only); C(smoke) calls the API with the deployed credential;
+      C(activated) records that the service was reloaded on current (clears the reload-pending mark a
+      switch leaves, so a deploy interrupted between its switch and its reload reloads on the next run).
     type: str
-    choices: [present, rollback, inspect, smoke]
+    choices: [present, rollback, inspect, smoke, activated]
     default: present
   release_id: {description: Identity of the desired content (a hash of its sources)., type: str}
   serial: {description: Certificate serial; names the release directory., type: str}
@@ -53,6 +55,9 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 MANIFEST = ".manifest.json"
+# Written (naming the release) just before current is switched, removed once the service was reloaded
+# on it: a deploy that dies in between leaves it, and the next deploy reloads instead of "no change".
+RELOAD_PENDING = ".reload-pending"
 NAMES = ("client.crt", "client.key", "ca.crt", "client.p12", "client.env")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -270,9 +275,29 @@ def stage(releases, name, release_id, files, uid, gid):
         raise
 
 
+def reload_pending(dest):
+    """The release a switch left un-reloaded, or None."""
+    try:
+        with open(os.path.join(dest, RELOAD_PENDING)) as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def mark_reload_pending(dest, name):
+    tmp = os.path.join(dest, ".%s-%d" % (RELOAD_PENDING, os.getpid()))
+    with open(tmp, "w") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(dest, RELOAD_PENDING))
+
+
 def switch(dest, name):
     """Point current at releases/<name> (or remove it when name is empty) with one rename."""
     link = os.path.join(dest, "current")
+    if name:
+        mark_reload_pending(dest, name)  # before the switch: a crash right after it still leaves the mark
     if not name:
         if os.path.islink(link):
             os.unlink(link)
@@ -329,7 +354,13 @@ def present(module, p):
               "staged": False, "removed": [],
               "diff": {"before": "current: %s\n" % (before or "(none)"), "after": ""}}
     if existing and existing == before:
-        result["diff"]["after"] = result["diff"]["before"]
+        if reload_pending(dest) == before:
+            # Switched by a deploy that died before reloading the service: report a change, so the
+            # play validates, reloads and verifies now.
+            result.update(changed=True)
+            result["diff"]["after"] = "current: %s (service reload pending)\n" % before
+        else:
+            result["diff"]["after"] = result["diff"]["before"]
         return result
     name = existing or free_name(releases, serial)
     result.update(changed=True, release=name)
@@ -364,6 +395,18 @@ def rollback(module, p):
             "diff": {"before": "current: %s\n" % (before or "(none)"), "after": "current: %s\n" % (to or "(none)")}}
 
 
+def activated(module, p):
+    """The service was reloaded on current: clear the mark its switch left."""
+    dest = p["dest"]
+    name = current_target(dest) if os.path.isdir(dest) else None
+    if not name or reload_pending(dest) != name:
+        return {"changed": False, "release": name}
+    if not module.check_mode:
+        os.unlink(os.path.join(dest, RELOAD_PENDING))
+        fsync_dir(dest)
+    return {"changed": True, "release": name}
+
+
 def inspect(module, p):
     dest = p["dest"]
     out = {"changed": False, "present": False, "release": None, "problems": []}
@@ -375,6 +418,9 @@ def inspect(module, p):
     if not name:
         return out
     out["release"] = name
+    if reload_pending(dest) == name:
+        out["problems"].append("current was switched to %s but the service was not reloaded since (an interrupted "
+                               "deploy); the next deploy reloads it" % name)
     release_dir = os.path.join(dest, "releases", name)
     manifest = read_manifest(release_dir)
     if manifest is None:
@@ -441,7 +487,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             dest=dict(type="path", required=True),
-            state=dict(type="str", default="present", choices=["present", "rollback", "inspect", "smoke"]),
+            state=dict(type="str", default="present",
+                       choices=["present", "rollback", "inspect", "smoke", "activated"]),
             release_id=dict(type="str"),
             serial=dict(type="str"),
             files=dict(type="dict", no_log=True),
@@ -465,6 +512,8 @@ def main():
             result = rollback(module, p)
         elif p["state"] == "smoke":
             result = smoke(module, p)
+        elif p["state"] == "activated":
+            result = activated(module, p)
         else:
             result = inspect(module, p)
     except Refused as exc:

@@ -69,6 +69,15 @@ def assert_release_intact(hosts, host: str, dest: str, serial: str) -> None:
     assert staged == "", f"half-staged release left on {host}: {staged}"
 
 
+def mixed(hosts, host: str, dest: str, serial: str) -> int:
+    """1 when the host's current is not a complete, matching release of `serial` (for the chaos report)."""
+    try:
+        assert_release_intact(hosts, host, dest, serial)
+    except AssertionError:
+        return 1
+    return 0
+
+
 def renew(cli, app: str = "fleet") -> None:
     """A new certificate for app in Vault (new key), hosts untouched."""
     cli("csr", "--mzp", MZP, "--app", app, "--force")
@@ -357,7 +366,9 @@ def host_line(err: str, host: str) -> str:
     return next((line.strip() for line in err.splitlines() if line.strip().startswith(f"{host}: ")), "")
 
 
-def test_a_host_that_times_out_keeps_its_old_release_and_is_named(testhosts_factory, cli, raw, inventory):
+@pytest.mark.fault
+def test_a_host_that_times_out_keeps_its_old_release_and_is_named(testhosts_factory, cli, raw, inventory, chaos):
+    record = chaos("host network: unreachable (times out) during deploy (2 SSH hosts)")
     hosts = testhosts_factory(count=2)
     up, down = [h.name for h in hosts.hosts]
     root = f"/srv/n{uuid.uuid4().hex[:8]}"
@@ -375,12 +386,14 @@ def test_a_host_that_times_out_keeps_its_old_release_and_is_named(testhosts_fact
     assert "unreachable" in host_line(r.err, down), r.err
     assert host_line(r.err, up) == ""
     assert serial_on(hosts, up, dest) == new
+    left = mixed(hosts, down, dest, old)
     assert_release_intact(hosts, down, dest, old)
     assert "1/2" in cli("status").out
     hosts.start_host(down)
     cli("deploy")
     assert serial_on(hosts, down, dest) == new
     assert_release_intact(hosts, down, dest, new)
+    record.run("failed, host named, old release kept; next deploy converged", hosts_mixed=left)
 
 
 HANG = """#!/bin/sh
@@ -390,8 +403,10 @@ exec /usr/bin/python3 "$@"
 """
 
 
+@pytest.mark.fault
 def test_a_host_that_drops_mid_transfer_keeps_its_old_release_and_is_named(testhosts_factory, cli, raw,
-                                                                            inventory):
+                                                                            inventory, chaos):
+    record = chaos("host network: drops off mid-transfer (2 SSH hosts)")
     hosts = testhosts_factory(count=2)
     up, drops = [h.name for h in hosts.hosts]
     root = f"/srv/d{uuid.uuid4().hex[:8]}"
@@ -423,16 +438,20 @@ def test_a_host_that_drops_mid_transfer_keeps_its_old_release_and_is_named(testh
     line = host_line(r.err, drops)
     assert "unreachable" in line or "failed" in line.lower(), r.err
     assert serial_on(hosts, up, dest) == new
+    left = mixed(hosts, drops, dest, old)
     assert_release_intact(hosts, drops, dest, old)
     assert hosts.run_in_host(drops, ["ls", f"{dest}/releases"]).stdout.split() == [old]
     hosts.run_in_host(drops, ["rm", "-f", flag, started_flag])
     hosts.start_host(drops)
     cli("deploy")
     assert_release_intact(hosts, drops, dest, new)
+    record.run("failed, host named, old release kept; next deploy converged", hosts_mixed=left)
 
 
+@pytest.mark.fault
 def test_a_full_disk_on_a_host_fails_staging_and_the_old_release_keeps_serving(testhosts_factory, cli, raw,
-                                                                                inventory):
+                                                                                inventory, chaos):
+    record = chaos("host disk full (2 MB tmpfs) during staging")
     hosts = testhosts_factory(count=1, srv_size="2m")
     host = hosts.hosts[0].name
     root = f"/srv/f{uuid.uuid4().hex[:8]}"
@@ -448,9 +467,11 @@ def test_a_full_disk_on_a_host_fails_staging_and_the_old_release_keeps_serving(t
     assert r.rc != 0
     line = host_line(r.err, host)
     assert "No space left on device" in line and "(current left as it was)" in line, r.err
+    left = mixed(hosts, host, dest, old)
     assert_release_intact(hosts, host, dest, old)
     assert hosts.run_in_host(host, ["ls", "-A", f"{dest}/releases"]).stdout.split() == [old]
     hosts.run_in_host(host, ["rm", "-f", "/srv/fill"])
     cli("deploy")
     assert serial_on(hosts, host, dest) == new
     assert_release_intact(hosts, host, dest, new)
+    record.run("staging failed with the reason, old release kept; next deploy converged", hosts_mixed=left)
