@@ -6,19 +6,20 @@ nothing; every write goes through store.Store with check-and-set.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import secrets
+import signal
 from dataclasses import dataclass, field, fields
 
-from . import certs, csr as csrmod, keys
-from .certs import GateError
 from .errors import Conflict, UserError
 from .inventory import Application, Inventory, Partner
 from .lifecycle import Action, Step, days_left, plan_one, state_of
-from .profile import name_key
-from .sandbox import Authority
 from .settings import Settings
 from .store import Index, Record, Store
+
+# certs, csr, keys, profile.name_key and sandbox load `cryptography` (a tenth of a second): they are
+# imported where used, so that `status`, `metrics` and a rotation with nothing due never load it.
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PENDING, CONSUMED = "pending", "consumed"
@@ -93,13 +94,104 @@ def median_days(turnarounds: str) -> float | None:
     return round(seconds / 86400, 1)
 
 
+def new_key_and_csr(key_spec: str, subject) -> tuple[str, str, str]:
+    """A new private key and its CSR for `subject`, as PEM, and the public key's SHA-256."""
+    from . import csr as csrmod, keys
+    key = keys.generate(key_spec)
+    return keys.to_pem(key), csrmod.to_pem(csrmod.build(subject, key)), keys.spki_sha256(key.public_key())
+
+
+def _worker_init() -> None:
+    # Ctrl-C is the parent's to handle: a worker stops when the parent's pool shuts down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class KeyMaker:
+    """Makes the keys and CSRs a rotation run needs ahead of time, in worker processes, in plan order.
+
+    An RSA key costs tens of milliseconds of one core (RSA-2048) and is most of the work of a due
+    credential; its Vault writes mostly wait on the network. So a run with several due credentials
+    hands key generation to a process pool with one worker per usable core, and the main process
+    writes one credential to Vault while the workers make the next keys. At most `ahead` keys are
+    made in advance, so an interrupted run discards few. A key made ahead is written with the same
+    check-and-set as before, against the version read just before the write: a credential that
+    turns out to have a pending key already (from another run) keeps it and the fresh key is
+    dropped, never a second pending key. Keys travel from the workers over a pipe, in memory,
+    never through a file. With one due credential, or when the pool fails, keys are made in this
+    process as before.
+    """
+
+    def __init__(self, wanted: list[tuple]):
+        self.wanted = wanted                      # (mzp, app, key_spec, subject), in plan order
+        self.position = {(w[0], w[1]): i for i, w in enumerate(wanted)}
+        self.submitted = 0
+        self.futures: dict = {}
+        self.pool = None
+        self.workers = min(usable_cores(), 8)
+        self.ahead = 2 * self.workers
+        self.broken = len(wanted) < 2
+
+    def take(self, mzp: str, app: str, key_spec: str, subject) -> tuple[str, str, str]:
+        i = self.position.get((mzp, app))
+        if self.broken or i is None or self.wanted[i][2:] != (key_spec, subject):
+            return new_key_and_csr(key_spec, subject)
+        try:
+            if self.pool is None:
+                import concurrent.futures
+                import multiprocessing
+
+                from . import csr, keys  # noqa: F401 - imported once here, not by each forked worker
+                ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                                  else None)
+                self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx,
+                                                                   initializer=_worker_init)
+            while self.submitted < len(self.wanted) and self.submitted <= i + self.ahead:
+                w = self.wanted[self.submitted]
+                self.futures[self.submitted] = self.pool.submit(new_key_and_csr, w[2], w[3])
+                self.submitted += 1
+            for j in [j for j in self.futures if j < i]:  # planned credentials that needed no key after all
+                self.futures.pop(j).cancel()
+            made = self.futures.pop(i).result()
+        except Exception:  # a broken pool (a worker killed, no /dev/shm): carry on in this process
+            self.close()
+            self.broken = True
+            return new_key_and_csr(key_spec, subject)
+        if i == len(self.wanted) - 1:
+            self.close()
+        return made
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for f in self.futures.values():
+                f.cancel()
+            self.futures.clear()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
 class Credentials:
     def __init__(self, settings: Settings, inventory: Inventory, store: Store):
         self.settings = settings
         self.inventory = inventory
         self.store = store
-        self.authority = Authority(store, settings.sandbox_validity_days)
+        self._authority = None
         self.last_indexes: dict = {}
+        self._keys: KeyMaker | None = None
+        self._indexed: set[tuple[str, str]] = set()  # credentials whose index this object wrote
+
+    @property
+    def authority(self):
+        if self._authority is None:
+            from .sandbox import Authority
+            self._authority = Authority(self.store, self.settings.sandbox_validity_days)
+        return self._authority
 
     # -- helpers ------------------------------------------------------------------------
     def _live_pending(self, mzp: str, app: str) -> Record | None:
@@ -113,6 +205,7 @@ class Credentials:
         fields are carried over from the existing index, and only custom metadata is written
         (its policy may not change max_versions).
         """
+        from . import certs
         cur = self.store.read(self.store.current_path(mzp, app))
         if pending_from_index:
             found = self.store.read_index(mzp, app)
@@ -157,6 +250,7 @@ class Credentials:
             self.store.write_custom(self.store.current_path(mzp, app), index.to_custom())
         else:
             self.store.write_index(mzp, app, index)
+        self._indexed.add((mzp, app))
         return index
 
     def record_hosts(self, mzp: str, app: str, reports: dict[str, dict], all_hosts: set[str], now: dt.datetime) -> Index:
@@ -196,8 +290,10 @@ class Credentials:
                           "consumed_at": iso(dt.datetime.now(dt.timezone.utc))}, cas=pend.version)
 
     # -- CSR --------------------------------------------------------------------------
-    def make_csr(self, mzp: str, app: str, now: dt.datetime, force: bool = False) -> CsrResult:
-        """Return the pending CSR, or make a key (straight into Vault, read back) and a new one."""
+    def make_csr(self, mzp: str, app: str, now: dt.datetime, force: bool = False, index: bool = True) -> CsrResult:
+        """Return the pending CSR, or make a key (straight into Vault, read back) and a new one.
+
+        index=False leaves the index to the caller (apply: the submission that follows rewrites it)."""
         partner = self.inventory.partner(mzp)
         application = partner.app(app)
         self.store.check_mount()
@@ -210,11 +306,11 @@ class Credentials:
         # The version seen by the same read: re-asking Vault for it here would let a run that
         # lost the race overwrite the winner's pending key.
         cas = rec.version if rec else 0
-        key = keys.generate(application.key_spec)
-        request = csrmod.build(partner.subject, key)
-        key_pem = keys.to_pem(key)
-        key_sha = keys.spki_sha256(key.public_key())
-        data = {"state": PENDING, "key_pem": key_pem, "csr_pem": csrmod.to_pem(request), "key_sha256": key_sha,
+        if self._keys is not None:
+            key_pem, csr_pem, key_sha = self._keys.take(mzp, app, application.key_spec, partner.subject)
+        else:
+            key_pem, csr_pem, key_sha = new_key_and_csr(application.key_spec, partner.subject)
+        data = {"state": PENDING, "key_pem": key_pem, "csr_pem": csr_pem, "key_sha256": key_sha,
                 "key_spec": application.key_spec, "created_at": iso(now), "submitted_at": "", "submission": ""}
         try:
             version = self.store.write(path, data, cas=cas)
@@ -230,10 +326,13 @@ class Credentials:
                             "the CSR was not released; check Vault's health and run again")
         if version == 1:
             self.store.set_max_versions(path)
-        self.reindex(mzp, app)
+        if index:
+            self.reindex(mzp, app)
         return CsrResult(mzp, app, data["csr_pem"], partner.subject.openssl_config(application.key_spec), key_sha, True)
 
     def _existing(self, partner: Partner, application: Application, rec: Record) -> CsrResult:
+        from . import csr as csrmod
+        from .profile import name_key
         request = csrmod.from_pem(rec.data["csr_pem"])
         warning = ""
         if name_key(request.subject) != name_key(partner.subject.to_name()):
@@ -248,6 +347,8 @@ class Credentials:
                     ca_data: bytes | None = None, ca_source: str = "", client_id: str | None = None,
                     submission: str = "", submitted_at: str = "") -> ImportResult:
         """Pass a certificate through the strict gate and make it current; on any refusal nothing changes."""
+        from . import certs, csr as csrmod
+        from .certs import GateError
         self.inventory.partner(mzp).app(app)
         if client_id is not None:
             check_client_id(client_id)
@@ -362,6 +463,7 @@ class Credentials:
         return cur.data
 
     def p12(self, mzp: str, app: str, legacy: bool = False) -> tuple[bytes, str]:
+        from . import certs, keys
         data = self.current(mzp, app)
         key = keys.from_pem(data["key_pem"])
         leaf = certs.from_pem(data["cert_pem"])[0]
@@ -400,13 +502,16 @@ class Credentials:
     def indexes(self, pairs, cached: dict | None = None) -> dict[str, tuple[Index | None, bool]]:
         """Index of each (partner, application), and whether it is stale; `cached` entries are reused."""
         out = {}
+        todo = []
         for partner, application in pairs:
             key = f"{partner.mzp}/{application.name}"
             if cached is not None and key in cached:
                 out[key] = cached[key]
-                continue
-            found = self.store.read_index(partner.mzp, application.name)
-            out[key] = (found[0], found[0].current_version != str(found[1])) if found else (None, False)
+            else:
+                out[key] = None  # keeps the inventory's order
+                todo.append((partner.mzp, application.name))
+        for (mzp, app), found in zip(todo, self.store.read_indexes(todo)):
+            out[f"{mzp}/{app}"] = (found[0], found[0].current_version != str(found[1])) if found else (None, False)
         return out
 
     def rows(self, now: dt.datetime, mzp: str | None = None, app: str | None = None,
@@ -456,6 +561,11 @@ class Credentials:
                 found[key] = (index, False)
             steps.append(plan_one(partner.mzp, application.name, index, now, partner.renew_before_days))
         self.last_indexes = found
+        # The keys this plan will make, made ahead in parallel processes once the first is asked for
+        # (never in a dry run, which asks for none).
+        specs = {(p.mzp, a.name): (a.key_spec, p.subject) for p, a in creds}
+        self._keys = KeyMaker([(s.mzp, s.app, *specs[(s.mzp, s.app)]) for s in steps
+                               if s.action in (Action.ISSUE, Action.RENEW)])
         return steps
 
     def apply(self, step: Step, now: dt.datetime) -> str:
@@ -463,12 +573,26 @@ class Credentials:
         partner = self.inventory.partner(step.mzp)
         if step.action in (Action.NOTHING, Action.WAIT):
             return "nothing to do"
-        if step.action in (Action.ISSUE, Action.RENEW):
-            made = self.make_csr(step.mzp, step.app, now)
-            what = "new key and CSR" if made.created else "existing pending CSR"
-        else:
-            what = "pending CSR"
-        return f"{what}; " + self.submit(partner, step.app, now)
+        if step.action not in (Action.ISSUE, Action.RENEW):
+            return "pending CSR; " + self.submit(partner, step.app, now)
+        # The index is written once per credential, by the submission (it records both the new
+        # pending key and its submission). Whenever the submission did not write it -- it failed, or
+        # it found nothing to send -- it is written here, so it never misses the pending key.
+        made = self.make_csr(step.mzp, step.app, now, index=False)
+        key = (step.mzp, step.app)
+        self._indexed.discard(key)
+        try:
+            line = self.submit(partner, step.app, now)
+        except BaseException:
+            if key not in self._indexed:
+                try:
+                    self.reindex(step.mzp, step.app)
+                except Exception:  # noqa: BLE001 - the submission's failure is the one to report
+                    pass
+            raise
+        if key not in self._indexed:
+            self.reindex(step.mzp, step.app)
+        return ("new key and CSR; " if made.created else "existing pending CSR; ") + line
 
     def submit(self, partner: Partner, app: str, now: dt.datetime, resend: bool = False) -> str:
         """Send the pending CSR by the partner's submission method; never twice unless `resend`."""
@@ -481,7 +605,8 @@ class Credentials:
                 # Like PSA handing out the MZP password: the sandbox makes one up once.
                 self.set_account_password(partner.mzp, secrets.token_urlsafe(18), now)
             cur = self.store.read(self.store.current_path(partner.mzp, app))
-            client_id = cur.data["client_id"] if cur else Authority.new_client_id()
+            from . import csr as csrmod
+            client_id = cur.data["client_id"] if cur else self.authority.new_client_id()
             cert_pem = self.authority.sign(csrmod.from_pem(pend.data["csr_pem"]), now)
             result = self.import_cert(partner.mzp, app, cert_pem.encode(), "sandbox authority", now,
                                       ca_data=self.authority.ca_pem(now).encode(), ca_source="sandbox CA",

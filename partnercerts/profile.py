@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from .errors import UserError, shown
+
+if TYPE_CHECKING:  # cryptography is imported where a Name is built: `status` never needs it
+    from cryptography import x509
 
 OU = "Programs Partners"
 MZP_RE = re.compile(r"^MZP[0-9]{6}$")
@@ -34,6 +35,8 @@ class Subject:
     email: str
 
     def to_name(self) -> x509.Name:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
         return x509.Name([
             x509.NameAttribute(NameOID.COUNTRY_NAME, self.country),
             x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, self.state),

@@ -13,6 +13,7 @@ import uuid
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import certs, keys
@@ -27,8 +28,10 @@ CA_NAME = x509.Name([
 ])
 
 
-def _new_ca(now: dt.datetime) -> tuple[str, str]:
-    key = keys.generate("rsa3072")
+def _new_ca(now: dt.datetime, key_bits: int | None = None) -> tuple[str, str]:
+    # key_bits: a smaller test key, for the benchmark only (partnercerts/bench.py); never for real partners.
+    key = (rsa.generate_private_key(public_exponent=65537, key_size=key_bits) if key_bits
+           else keys.generate("rsa3072"))
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder()
             .subject_name(CA_NAME).issuer_name(CA_NAME)
@@ -46,20 +49,28 @@ def _new_ca(now: dt.datetime) -> tuple[str, str]:
 
 
 class Authority:
-    def __init__(self, store: Store, validity_days: int):
+    def __init__(self, store: Store, validity_days: int, test_key_bits: int | None = None):
+        """test_key_bits: make the CA (if this creates it) with a smaller RSA key, so that the benchmark can
+        issue thousands of certificates quickly. Benchmark only: the sandbox of a real inventory never sets it."""
         self.store = store
         self.validity_days = validity_days
+        self.test_key_bits = test_key_bits
+        self._cached = None
 
     def _ca(self, now: dt.datetime):
+        # The CA record is written once (check-and-set 0) and never changes: read it once per Authority.
+        if self._cached is not None:
+            return self._cached
         rec = self.store.read(self.store.sandbox_path())
         if rec is None:
-            key_pem, cert_pem = _new_ca(now)
+            key_pem, cert_pem = _new_ca(now, self.test_key_bits)
             try:
                 self.store.write(self.store.sandbox_path(), {"key_pem": key_pem, "cert_pem": cert_pem}, cas=0)
             except Conflict:
                 pass  # another run created it first; use theirs
             rec = self.store.read(self.store.sandbox_path())
-        return keys.from_pem(rec.data["key_pem"]), certs.from_pem(rec.data["cert_pem"])[0]
+        self._cached = (keys.from_pem(rec.data["key_pem"]), certs.from_pem(rec.data["cert_pem"])[0])
+        return self._cached
 
     def ca_pem(self, now: dt.datetime) -> str:
         return certs.to_pem([self._ca(now)[1]])

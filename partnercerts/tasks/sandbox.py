@@ -14,13 +14,24 @@ from pathlib import Path
 from invoke import task
 
 from ..errors import UserError
-from ..sandbox_api import BASE_PATH, fmt_host, parse_address
 from ..settings import ROOT, Settings
 from ._common import reports_errors
 
 PORT_ENV = "PARTNERCERTS_SANDBOX_API_PORT"
 DEFAULT_PORT = 18443
 MODULE = "partnercerts.sandbox_api"
+
+
+# The server module loads pyOpenSSL and cryptography: imported when a sandbox task runs, not when
+# any task starts (every task loads this module through tasks.py).
+def fmt_host(addr: str) -> str:
+    from ..sandbox_api import fmt_host
+    return fmt_host(addr)
+
+
+def parse_address(addr: str):
+    from ..sandbox_api import parse_address
+    return parse_address(addr)
 START_SECONDS = 60  # connecting to Vault may first start the embedded OpenBao
 
 
@@ -85,6 +96,7 @@ def _is_server(pid: int) -> bool:
 
 
 def _urls(bind: list[str], port: int) -> list[str]:
+    from ..sandbox_api import BASE_PATH
     return [f"https://{fmt_host(a)}:{port}{BASE_PATH}" for a in bind]
 
 
@@ -173,6 +185,7 @@ def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
             raise UserError(f"the sandbox API did not accept connections on port {port} within {START_SECONDS} s "
                             f"(see {daemon.log_file})")
         time.sleep(0.1)
+    from ..sandbox_api import BASE_PATH
     return [f"sandbox API up (pid {proc.pid}): {', '.join(_urls(addrs, port))}",
             f"  GET {BASE_PATH}/fleets?client_id=<Client ID> with the credential's certificate and key, "
             "Basic auth MZP:password; verify the server with the sandbox CA (the partner's ca.crt)",
