@@ -45,7 +45,7 @@ def served_facts(release: deploy.Release) -> dict:
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("mzp", "app", "dest", "state", "owner", "group", "keep", "to", "api_url", "url",
-                             "timeout", "expiring_days"))
+                             "timeout", "expiring_days", "verify"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -54,6 +54,9 @@ class ActionModule(ActionBase):
         mzp, app = args.pop("mzp", None), args.pop("app", None)
         api_url = args.pop("api_url", None) or deploy.DEFAULT_API_URL
         expiring_days = int(args.pop("expiring_days", 14 if state != "present" else 0))
+        # activated + verify: the reload is recorded and current checked against Vault in one round trip
+        verify = state == "inspect" or (state == "activated" and bool(args.pop("verify", False)))
+        args.pop("verify", None)
         try:
             release = None
             if state == "present":
@@ -65,7 +68,7 @@ class ActionModule(ActionBase):
                                           task_vars=task_vars)
             module.pop("invocation", None)
             facts = None
-            if state == "inspect" and mzp and app and not module.get("failed"):
+            if verify and mzp and app and not module.get("failed"):
                 facts = module
             elif release is not None and not module.get("failed") and not module.get("changed") \
                     and not self._task.check_mode:

@@ -67,7 +67,8 @@ class CallbackModule(CallbackBase):
             if not tag or not tag.get("mzp"):
                 continue
             key = (tag["mzp"], tag["app"])
-            if tag.get("state") in ("inspect", "present") and "in_sync" in item:  # present: when it changed nothing
+            # present: when it changed nothing; activated: after a reload, verified in the same call
+            if tag.get("state") in ("inspect", "present", "activated") and "in_sync" in item:
                 self.reports[key][host] = {
                     "in_sync": bool(item["in_sync"]), "serial": item.get("serial", ""),
                     "fingerprint_sha256": item.get("fingerprint_sha256", ""), "drift": item.get("drift", []),

@@ -22,7 +22,8 @@ options:
     description: C(present) stages and switches; C(rollback) points current back at C(to);
       C(inspect) reports what current holds (read-only); C(smoke) calls the API with the deployed credential;
       C(activated) records that the service was reloaded on current (clears the reload-pending mark a
-      switch leaves, so a deploy interrupted between its switch and its reload reloads on the next run).
+      switch leaves, so a deploy interrupted between its switch and its reload reloads on the next run),
+      then reports what current holds, as C(inspect) does.
     type: str
     choices: [present, rollback, inspect, smoke, activated]
     default: present
@@ -396,15 +397,17 @@ def rollback(module, p):
 
 
 def activated(module, p):
-    """The service was reloaded on current: clear the mark its switch left."""
+    """The service was reloaded on current: clear the mark its switch left, then report what current
+    holds as inspect does (the deploy verifies it in the same round trip)."""
     dest = p["dest"]
     name = current_target(dest) if os.path.isdir(dest) else None
-    if not name or reload_pending(dest) != name:
-        return {"changed": False, "release": name}
-    if not module.check_mode:
+    changed = bool(name) and reload_pending(dest) == name
+    if changed and not module.check_mode:
         os.unlink(os.path.join(dest, RELOAD_PENDING))
         fsync_dir(dest)
-    return {"changed": True, "release": name}
+    out = inspect(module, p)
+    out["changed"] = changed
+    return out
 
 
 def inspect(module, p):
