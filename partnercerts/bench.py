@@ -30,24 +30,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .devservers import DevBao, load_testhosts
 from .settings import ROOT
 
 PY = sys.executable
@@ -157,57 +154,16 @@ def loop_seconds(p: Proc) -> float:
 
 # -- OpenBao --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Bao:
-    """An OpenBao dev server on loopback for the bench only (in memory; gone when stopped)."""
+class Bao(DevBao):
+    """The bench's OpenBao dev server (in memory; gone when stopped), with its version and fresh mounts."""
 
     def __init__(self, work: Path):
-        from .embedded import bao_binary
-        self.home = work / "bao"
-        self.home.mkdir()
-        self.port = free_port()
-        self.token = "bench-" + uuid.uuid4().hex
-        self.addr = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.home / "bao.log", "wb")
-        self.proc = subprocess.Popen([bao_binary(), "server", "-dev", f"-dev-root-token-id={self.token}",
-                                      f"-dev-listen-address=127.0.0.1:{self.port}"],
-                                     stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
-                                     env={"HOME": str(self.home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-        import requests
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.addr}/v1/sys/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("OpenBao did not start:\n" + (self.home / "bao.log").read_text()[-2000:])
-            time.sleep(0.1)
+        super().__init__(work / "bao", token_prefix="bench-")
         self.version = self.client().sys.read_health_status(method="GET").get("version", "?")
-
-    def client(self):
-        import hvac
-        return hvac.Client(url=self.addr, token=self.token)
 
     def new_mount(self, name: str) -> str:
         self.client().sys.enable_secrets_engine("kv", path=name, options={"version": "2"})
         return name
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 # -- inventories and seeding ----------------------------------------------------------------
@@ -595,18 +551,6 @@ class Bench:
                                                         "openbao": self.bao.version, "rows": self.rows,
                                                         "notes": self.notes}, indent=2))
         return 0
-
-
-def load_testhosts():
-    mod = sys.modules.get("testhosts")
-    path = ROOT / "scripts" / "testhosts.py"
-    if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == path:
-        return mod
-    spec = importlib.util.spec_from_file_location("testhosts", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["testhosts"] = mod  # dataclasses look their module up while it executes
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def parser() -> argparse.ArgumentParser:

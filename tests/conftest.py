@@ -3,23 +3,19 @@ that scans everything a command printed for secrets."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import hvac
 import pytest
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from partnercerts.embedded import bao_binary  # noqa: E402
+from partnercerts.devservers import DevBao, free_port  # noqa: E402,F401 (tests import free_port from here)
 
 pytest_plugins = ["tests.plugins.testhosts", "tests.plugins.chaos"]
 
@@ -40,45 +36,12 @@ partnercerts_partners:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Bao:
-    addr: str
-    token: str
-
-    def client(self) -> hvac.Client:
-        return hvac.Client(url=self.addr, token=self.token)
-
-
 @pytest.fixture(scope="session")
-def bao(tmp_path_factory) -> Bao:
-    """A real OpenBao dev server on loopback for the whole session."""
-    home = tmp_path_factory.mktemp("bao-home")
-    port = free_port()
-    token = "root-" + uuid.uuid4().hex
-    log = open(home / "bao.log", "wb")
-    proc = subprocess.Popen([bao_binary(), "server", "-dev", f"-dev-root-token-id={token}",
-                             f"-dev-listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=log, env={"HOME": str(home), "PATH": os.environ["PATH"]})
-    addr = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (home / "bao.log").read_text()
-        time.sleep(0.1)
-    yield Bao(addr, token)
-    proc.terminate()
-    proc.wait(timeout=15)
-    log.close()
+def bao(tmp_path_factory) -> DevBao:
+    """A real OpenBao dev server on loopback for the whole session (.addr, .token, .client())."""
+    server = DevBao(tmp_path_factory.mktemp("bao-home"), token_prefix="root-")
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ to run scripts/install-system-deps, so that a machine without them cannot pass s
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -18,23 +17,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_MODULE_PATH = ROOT / "scripts" / "testhosts.py"
+from partnercerts.devservers import load_testhosts
+from partnercerts.settings import ROOT  # noqa: F401 (tests import ROOT from here)
 
 
-def _load_module():
-    """Import scripts/testhosts.py (scripts/ is not a package) once, as module "testhosts"."""
-    mod = sys.modules.get("testhosts")
-    if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == _MODULE_PATH:
-        return mod
-    spec = importlib.util.spec_from_file_location("testhosts", _MODULE_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["testhosts"] = mod  # dataclasses look their module up while it executes
-    spec.loader.exec_module(mod)
-    return mod
-
-
-testhosts = _load_module()
+testhosts = load_testhosts()
 TestHosts = testhosts.TestHosts
 TestHostsError = testhosts.TestHostsError
 
