@@ -212,15 +212,15 @@ class Bench:
         return e
 
     def core(self, mount: str, inventory: Path):
-        """The core (Credentials over Store) on this mount, as the tasks build it."""
+        """The core (a Toolkit over Store) on this mount, as the tasks build it."""
         from . import inventory as inventory_mod
-        from .credentials import Credentials
         from .settings import Settings
         from .store import Store
+        from .toolkit import Toolkit
         from .vault import connect
         e = self.env(mount, inventory)
         settings = Settings.from_env(e)
-        return Credentials(settings, inventory_mod.load(settings.inventory), Store(connect(settings, e), settings))
+        return Toolkit(settings, inventory_mod.load(settings.inventory), Store(connect(settings, e), settings))
 
     def seed_active(self, mount: str, inventory: Path) -> int:
         """Every credential of the inventory active, far from renewal, its hosts in sync (none): written
@@ -228,9 +228,8 @@ class Bench:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         from . import certs, csr as csrmod, keys
-        from .credentials import iso
         from .sandbox import Authority
-        from .store import Index
+        from .store import Index, iso
 
         creds = self.core(mount, inventory)
         now = dt.datetime.now(dt.timezone.utc)

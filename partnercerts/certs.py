@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .errors import UserError
+from .errors import GateRefusal, UserError
 from .keys import spki_sha256
 from .profile import name_key
 
@@ -18,7 +18,7 @@ MAX_CERTS = 16
 MAX_CHAIN_DEPTH = 8
 
 
-class GateError(UserError):
+class GateError(GateRefusal):
     """The import gate refused a certificate; nothing was written."""
 
 

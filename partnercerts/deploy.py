@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 
 from . import certs, keys
-from .errors import UserError
-from .store import Index, Store
+from .errors import IntegrityError, Remedy, UserError
+from .store import Index, Issued, Store
 
 DEFAULT_API_URL = "https://api-cert.groupe-psa.com/connectedcar/v3"
 MODES = {"client.crt": "0644", "client.key": "0600", "ca.crt": "0644", "client.p12": "0600", "client.env": "0600"}
@@ -40,26 +40,27 @@ def env_value(value: str) -> str:
     return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
 
 
-def build_release(mzp: str, app: str, current: dict, password: str, api_url: str) -> Release:
+def build_release(mzp: str, app: str, current: Issued, password: str, api_url: str) -> Release:
     """The five files of a release, from the current record and the MZP password."""
-    if not current.get("ca_pem"):
+    if not current.ca_pem:
         raise UserError(f"{mzp}/{app}: no CA certificate in Vault, and clients need it to verify the API; "
                         f"import the certificate again with --ca FILE")
-    key = keys.from_pem(current["key_pem"])
-    leaf = certs.from_pem(current["cert_pem"])[0]
+    key = keys.from_pem(current.key_pem)
+    leaf = certs.from_pem(current.cert_pem)[0]
     if keys.spki_sha256(key.public_key()) != keys.spki_sha256(leaf.public_key()):
-        raise UserError(f"{mzp}/{app}: Vault's key does not match its certificate (serial {current['serial']}); "
-                        "refusing to deploy; restore it with scripts/inv rollback")
-    chain = certs.from_pem(current["chain_pem"])
-    anchors = certs.from_pem(current["ca_pem"])
-    p12 = certs.pkcs12_bundle(key, leaf, chain + anchors, current["p12_password"], f"{mzp}-{app}")
+        raise IntegrityError(f"{mzp}/{app}: Vault's key does not match its certificate (serial {current.serial}); "
+                             "refusing to deploy; restore an earlier certificate",
+                             remedy=Remedy.ROLLBACK, mzp=mzp, app=app)
+    chain = certs.from_pem(current.chain_pem)
+    anchors = certs.from_pem(current.ca_pem)
+    p12 = certs.pkcs12_bundle(key, leaf, chain + anchors, current.p12_password, f"{mzp}-{app}")
     env = "".join(f"{k}={env_value(v)}\n" for k, v in (
-        ("PSA_MZP", mzp), ("PSA_CLIENT_ID", current["client_id"]), ("PSA_API_URL", api_url),
-        ("PSA_MZP_PASSWORD", password), ("PSA_P12_PASSWORD", current["p12_password"])))
+        ("PSA_MZP", mzp), ("PSA_CLIENT_ID", current.client_id), ("PSA_API_URL", api_url),
+        ("PSA_MZP_PASSWORD", password), ("PSA_P12_PASSWORD", current.p12_password)))
     files = {
-        "client.crt": (current["cert_pem"] + current["chain_pem"]).encode(),
-        "client.key": current["key_pem"].encode(),
-        "ca.crt": current["ca_pem"].encode(),
+        "client.crt": (current.cert_pem + current.chain_pem).encode(),
+        "client.key": current.key_pem.encode(),
+        "ca.crt": current.ca_pem.encode(),
         "client.p12": p12,
         "client.env": env.encode(),
     }
@@ -69,17 +70,19 @@ def build_release(mzp: str, app: str, current: dict, password: str, api_url: str
     for part in (files["client.crt"], files["client.key"], files["ca.crt"], files["client.env"],
                  repr(sorted(MODES.items())).encode()):
         h.update(hashlib.sha256(part).digest())
-    return Release(serial=current["serial"], release_id=h.hexdigest(), files=files)
+    return Release(serial=current.serial, release_id=h.hexdigest(), files=files)
 
 
 def release_from_vault(store: Store, mzp: str, app: str, api_url: str) -> Release:
-    cur = store.read(store.current_path(mzp, app))
+    cur = store.current(mzp, app)
     if cur is None:
-        raise UserError(f"{mzp}/{app}: no current certificate in Vault to deploy; run scripts/inv rotate --mzp {mzp} --app {app}")
-    acct = store.read(store.account_path(mzp))
-    if acct is None or not acct.data.get("password"):
-        raise UserError(f"{mzp}: no MZP password in Vault, and API calls need it; store it with scripts/inv account --mzp {mzp}")
-    return build_release(mzp, app, cur.data, acct.data["password"], api_url)
+        raise UserError(f"{mzp}/{app}: no current certificate in Vault to deploy", remedy=Remedy.ROTATE,
+                        mzp=mzp, app=app)
+    acct = store.account(mzp)
+    if acct is None or not acct.record.password:
+        raise UserError(f"{mzp}: no MZP password in Vault, and API calls need it; store it",
+                        remedy=Remedy.STORE_ACCOUNT_PASSWORD, mzp=mzp)
+    return build_release(mzp, app, cur.record, acct.record.password, api_url)
 
 
 def drift(index: Index | None, host: dict, now: dt.datetime, expiring_days: int) -> list[str]:

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Conflict
-from .store import Store
-
-
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+from .store import LockRecord, Store, iso
 
 
 def whoami(what: str, pid: int | None = None) -> str:
@@ -47,20 +43,20 @@ def _started(pid: int) -> str:
     return "" if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
 
 
-def owner(pid: int | None = None) -> dict:
+def owner(pid: int | None = None) -> dict[str, str]:
     """What identifies the process holding the lock: the run's own, or (rotate.yml) ansible-playbook's."""
     pid = pid or os.getpid()
     return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": str(pid), "pid_started": _started(pid)}
 
 
-def holder_is_dead(data: dict) -> bool:
+def holder_is_dead(rec: LockRecord) -> bool:
     """The holder ran on this machine, since its last boot, and its process is gone."""
-    if not data.get("pid") or not data.get("boot_id") or not data.get("pid_started"):
+    if not rec.pid or not rec.boot_id or not rec.pid_started:
         return False  # an older record, or another kind of holder: only its expiry frees it
-    if data.get("host") != socket.gethostname() or data["boot_id"] != _boot_id():
+    if rec.host != socket.gethostname() or rec.boot_id != _boot_id():
         return False  # another control host (or before a reboot): cannot tell, wait for the expiry
     try:
-        return _started(int(data["pid"])) != data["pid_started"]
+        return _started(int(rec.pid)) != rec.pid_started
     except ValueError:
         return False
 
@@ -71,10 +67,14 @@ class Held:
     acquired_at: str
     expires_at: str
 
+    @classmethod
+    def of(cls, rec: LockRecord) -> "Held":
+        return cls(rec.holder or "?", rec.acquired_at or "?", rec.expires_at or "?")
+
 
 class Lock:
     def __init__(self, store: Store, name: str = "rotate", ttl: dt.timedelta = dt.timedelta(minutes=30)):
-        self.store, self.path, self.ttl = store, store.lock_path(name), ttl
+        self.store, self.name, self.ttl = store, name, ttl
         self.token = ""
         self.version = 0
         self.took_over = ""  # holder of a dead run's lock that acquire() took over
@@ -83,42 +83,40 @@ class Lock:
         """Take the lock; return None when taken, or who holds it (and until when) otherwise.
         `pid`: the process whose life the lock spans (default: this one)."""
         for _ in range(3):
-            rec = self.store.read(self.path)
-            if rec and rec.data.get("state") == "held" and rec.data.get("expires_at", "") > iso(now):
-                if not holder_is_dead(rec.data):
-                    return Held(rec.data.get("holder", "?"), rec.data.get("acquired_at", "?"), rec.data["expires_at"])
-                self.took_over = rec.data.get("holder", "?")
+            found = self.store.lock(self.name)
+            if found and found.record.state == "held" and found.record.expires_at > iso(now):
+                if not holder_is_dead(found.record):
+                    return Held.of(found.record)
+                self.took_over = found.record.holder or "?"
             token = secrets.token_hex(16)
-            data = {"state": "held", "holder": holder, "token": token, "acquired_at": iso(now),
-                    "expires_at": iso(now + self.ttl), **owner(pid)}
+            record = LockRecord(state="held", holder=holder, token=token, acquired_at=iso(now),
+                                expires_at=iso(now + self.ttl), **owner(pid))
             try:
-                self.version = self.store.write(self.path, data, cas=rec.version if rec else 0)
+                self.version = self.store.put_lock(self.name, record, cas=found.version if found else 0)
             except Conflict:
                 self.took_over = ""
                 continue  # someone else moved first: look again
             self.token = token
             return None
-        rec = self.store.read(self.path)
-        if rec is None:
-            return Held("?", "?", "?")
-        return Held(rec.data.get("holder", "?"), rec.data.get("acquired_at", "?"), rec.data.get("expires_at", "?"))
+        found = self.store.lock(self.name)
+        return Held.of(found.record) if found else Held("?", "?", "?")
 
     def adopt(self, token: str) -> bool:
         """Continue holding a lock taken earlier (e.g. by the first play of rotate.yml)."""
-        rec = self.store.read(self.path)
-        if rec and rec.data.get("state") == "held" and rec.data.get("token") == token:
-            self.token, self.version = token, rec.version
+        found = self.store.lock(self.name)
+        if found and found.record.state == "held" and found.record.token == token:
+            self.token, self.version = token, found.version
             return True
         return False
 
     def release(self, now: dt.datetime) -> None:
         if not self.token:
             return
-        rec = self.store.read(self.path)
-        if rec and rec.data.get("token") == self.token:
+        found = self.store.lock(self.name)
+        if found and found.record.token == self.token:
             try:
-                self.store.write(self.path, {"state": "released", "holder": rec.data.get("holder", ""),
-                                             "released_at": iso(now)}, cas=rec.version)
+                self.store.put_lock(self.name, LockRecord(state="released", holder=found.record.holder,
+                                                          released_at=iso(now)), cas=found.version)
             except Conflict:
                 pass  # expired and taken by another run meanwhile: theirs now
         self.token = ""

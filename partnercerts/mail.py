@@ -1,7 +1,7 @@
 """Sending one e-mail over SMTP: STARTTLS or implicit TLS, always verified; clear text only to loopback.
 
 Used for the CSR submission to the authority and for notifications. Every failure is one
-`UserError` line naming the server and the cause (refused, timeout, TLS, authentication,
+`ServiceFailure` line naming the server and the cause (refused, timeout, TLS, authentication,
 recipient); the password never appears in it.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from .errors import UserError, names, shown
+from .errors import Error, ServiceFailure, UserError, names, shown
 
 SECURITY = ("starttls", "tls", "none")
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
@@ -154,8 +154,8 @@ def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str
     message_id = str(message["Message-ID"])
     ctx = _tls_context(config) if config.security != "none" else None
 
-    def fail(cause: str) -> UserError:
-        return UserError(f"SMTP server {server}: {_one_line(cause, password, 400)}")
+    def fail(cause: str) -> ServiceFailure:
+        return ServiceFailure(f"SMTP server {server}: {_one_line(cause, password, 400)}")
 
     smtp: smtplib.SMTP | None = None
     stage = "connecting"
@@ -185,7 +185,7 @@ def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             pass  # delivered already; a lost QUIT is no failure
-    except UserError:
+    except Error:
         raise
     except smtplib.SMTPAuthenticationError as exc:
         raise fail(f"authentication failed for user {config.user!r} ({exc.smtp_code} "

@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from typing import Callable
 
 from . import mail
-from .errors import UserError, names, shown
+from .errors import Error, UserError, names, shown
 from .mail import SmtpConfig, is_loopback
 
 # A plain address; display names are not needed for an operations mailbox.
@@ -295,7 +295,7 @@ class Notifier:
                 continue
             try:
                 self.log(run(chosen, public))
-            except UserError as exc:
+            except Error as exc:
                 failures.append(f"notification {channel} failed: {self._scrub(str(exc))}")
             except Exception as exc:  # noqa: BLE001 - a notification must never abort a rotation
                 failures.append(f"notification {channel} failed: unexpected {type(exc).__name__}: "

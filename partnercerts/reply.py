@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 from cryptography import x509
 
 from . import certs
-from .errors import UserError
+from .errors import Error, ServiceFailure, UserError
 
 MAX_REDIRECTS = 3
 CHUNK = 64 * 1024
@@ -185,7 +185,7 @@ def _check_status(resp: http.client.HTTPResponse, target: _Target) -> None:
             phrase = " " + http.HTTPStatus(resp.status).phrase
         except ValueError:
             phrase = ""
-        raise UserError(f"{target.shown}: the server answered HTTP {resp.status}{phrase}; try again later, or "
+        raise ServiceFailure(f"{target.shown}: the server answered HTTP {resp.status}{phrase}; try again later, or "
                         "download the file in a browser and give --cert")
 
 
@@ -214,32 +214,32 @@ def _read_capped(resp: http.client.HTTPResponse, sock: socket.socket, max_bytes:
 
 @contextlib.contextmanager
 def _explained(target: _Target, cafile: str | None, timeout: float):
-    """Turn network, DNS, TLS and timeout failures into one-line UserErrors naming the URL and what to check."""
+    """Turn network, DNS, TLS and timeout failures into one-line ServiceFailures naming the URL and what to check."""
     where = f"{target.host}:{target.port}"
     try:
         yield
     except ssl.SSLCertVerificationError as exc:
         anchors = f"the CA file {cafile}" if cafile else "this machine's CA certificates"
-        raise UserError(f"{target.shown}: the server's TLS certificate does not verify against {anchors} "
+        raise ServiceFailure(f"{target.shown}: the server's TLS certificate does not verify against {anchors} "
                         f"({exc.verify_message or exc.reason}); check the link's host, and the CA certificates "
                         "used for downloads") from None
     except socket.gaierror:
-        raise UserError(f"{target.shown}: cannot resolve host {target.host}; check the link and this machine's "
+        raise ServiceFailure(f"{target.shown}: cannot resolve host {target.host}; check the link and this machine's "
                         "DNS") from None
     except TimeoutError:
-        raise UserError(f"{target.shown}: no complete answer within {timeout:g} s; check the network path to "
+        raise ServiceFailure(f"{target.shown}: no complete answer within {timeout:g} s; check the network path to "
                         f"{where} (proxy, firewall) and try again") from None
     except ssl.SSLError as exc:
-        raise UserError(f"{target.shown}: the TLS connection to {where} failed ({exc.reason or type(exc).__name__}); "
+        raise ServiceFailure(f"{target.shown}: the TLS connection to {where} failed ({exc.reason or type(exc).__name__}); "
                         "check the link and that the server speaks HTTPS") from None
     except ConnectionRefusedError:
-        raise UserError(f"{target.shown}: connection refused by {where}; check the link and that the server is "
+        raise ServiceFailure(f"{target.shown}: connection refused by {where}; check the link and that the server is "
                         "up") from None
     except http.client.HTTPException as exc:
-        raise UserError(f"{target.shown}: the server broke off its answer ({type(exc).__name__}); try again, or "
+        raise ServiceFailure(f"{target.shown}: the server broke off its answer ({type(exc).__name__}); try again, or "
                         "download the file in a browser and give --cert") from None
     except OSError as exc:
-        raise UserError(f"{target.shown}: cannot reach {where} ({exc.strerror or type(exc).__name__}); check "
+        raise ServiceFailure(f"{target.shown}: cannot reach {where} ({exc.strerror or type(exc).__name__}); check "
                         "the link and the network") from None
 
 
@@ -515,7 +515,7 @@ def _is_ca_cert(cert: x509.Certificate) -> bool:
 def _read_piece(piece: _Piece, max_bytes: int) -> list[x509.Certificate]:
     try:
         return certs.load_bundle(piece.data, piece.name, max_bytes)
-    except UserError:
+    except Error:
         return []
 
 

@@ -1,4 +1,4 @@
-"""One rotation run, shared by `scripts/inv rotate` and playbooks/rotate.yml.
+"""One rotation run, shared by the `rotate` task and playbooks/rotate.yml.
 
 `start` plans, takes the lock in Vault and applies what is due; the caller then deploys
 `report.deploy` with Ansible; `finish` records the run, sends notifications, refreshes the
@@ -10,17 +10,54 @@ import datetime as dt
 import sys
 from dataclasses import dataclass, field
 
-from .credentials import Credentials, iso
-from .errors import Conflict, UserError
+from .errors import Error, Remedy
 from .lifecycle import Action, Step
 from .lock import Held, Lock, whoami
+from .pending import CsrResult
+from .planner import Row
+from .store import RunRecord, iso, parse_time
+from .submitter import Outcome, SubmitResult
+from .toolkit import Toolkit
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying one step did: the key made (or found), and the submission's result."""
+
+    step: Step
+    submitted: SubmitResult
+    made: CsrResult | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.step.mzp}/{self.step.app}"
+
+    @property
+    def remedy(self) -> Remedy | None:
+        return self.submitted.remedy
+
+    def describe(self) -> str:
+        if self.made is None:
+            lead = "pending CSR; "
+        else:
+            lead = "new key and CSR; " if self.made.created else "existing pending CSR; "
+        return lead + self.submitted.describe()
+
+
+@dataclass(frozen=True)
+class Failure:
+    key: str              # "MZP/app"
+    error: Error
+
+    def describe(self) -> str:
+        return f"{self.key}: {self.error}"
 
 
 @dataclass
 class Report:
     steps: list[Step] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)      # one per applied step
-    failed: list[str] = field(default_factory=list)     # "MZP/app: why"
+    applied: list[Applied] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)    # "MZP/app" whose Vault records changed
     deploy: list[str] = field(default_factory=list)     # "MZP/app" to deploy now
     events: list = field(default_factory=list)          # notify.Event
@@ -38,143 +75,171 @@ def event(kind: str, mzp: str, app: str, message: str, now: dt.datetime, **detai
     return Event(kind=Kind(kind), mzp=mzp, app=app, message=message, details=details, at=now)
 
 
-def start(creds: Credentials, now: dt.datetime, *, mzp: str | None = None, app: str | None = None,
-          dry_run: bool = False, deploy: bool = True, entry: str = "scripts/inv rotate",
+def apply(tk: Toolkit, step: Step, now: dt.datetime) -> Applied:
+    """Carry out one planned step (issue, renew or submit)."""
+    partner = tk.inventory.partner(step.mzp)
+    if step.action is Action.SUBMIT:
+        return Applied(step, tk.submitter.submit(partner, step.app, now))
+    # The index is written once per credential, by the submission (it records both the new
+    # pending key and its submission). Whenever the submission did not write it -- it failed, or
+    # it found nothing to send -- it is written here, so it never misses the pending key.
+    made = tk.pending.make_csr(step.mzp, step.app, now, index=False)
+    key = (step.mzp, step.app)
+    tk.index.written.discard(key)
+    try:
+        submitted = tk.submitter.submit(partner, step.app, now)
+    except BaseException:
+        if key not in tk.index.written:
+            try:
+                tk.index.reindex(step.mzp, step.app, now)
+            except Exception:  # noqa: BLE001 - the submission's failure is the one to report
+                pass
+        raise
+    if key not in tk.index.written:
+        tk.index.reindex(step.mzp, step.app, now)
+    return Applied(step, submitted, made)
+
+
+def start(tk: Toolkit, now: dt.datetime, *, mzp: str | None = None, app: str | None = None,
+          dry_run: bool = False, deploy: bool = True, entry: str = "rotate",
           owner_pid: int | None = None) -> Report:
     """Plan; unless dry_run, take the lock and apply. Credential failures are collected, not raised.
-    owner_pid: the process the run lives in, when not this one (rotate.yml: ansible-playbook)."""
+    entry: what started the run, for the lock's holder; owner_pid: the process the run lives in, when
+    not this one (rotate.yml: ansible-playbook)."""
     report = Report()
-    creds.store.check_mount()
+    tk.store.check_mount()
     if not dry_run:
-        lock = Lock(creds.store)
+        lock = Lock(tk.store)
         report.held = lock.acquire(whoami(entry, owner_pid), now, pid=owner_pid)
         if report.held:
             return report
         report.lock_token = lock.token
         report.took_over = lock.took_over
-    report.steps = creds.plan(now, mzp, app)
+    report.steps = tk.planner.plan(now, mzp, app)
     if dry_run:
         report.deploy = [_key(s) for s in report.steps if s in report.todo or (deploy and s.hosts_behind)]
         return report
     for step in report.todo:
-        partner = creds.inventory.partner(step.mzp)
         try:
-            line = creds.apply(step, now)
-        except Conflict as exc:
-            report.failed.append(f"{_key(step)}: {exc}")
+            done = apply(tk, step, now)
+        except Error as exc:
+            report.failed.append(Failure(_key(step), exc))
             continue
-        except UserError as exc:
-            report.failed.append(f"{_key(step)}: {exc}")
-            continue
-        report.lines.append(f"{_key(step)}: {line}")
-        report.changed.append(_key(step))
-        if partner.submission.method == "sandbox":
-            report.events.append(event("certificate_imported", step.mzp, step.app, f"{_key(step)}: {line}", now))
-        elif "already submitted" not in line:
-            report.events.append(event("csr_submitted", step.mzp, step.app, f"{_key(step)}: {line}", now))
+        report.applied.append(done)
+        report.changed.append(done.key)
+        line = f"{done.key}: {done.describe()}"
+        if done.submitted.outcome is Outcome.IMPORTED:
+            report.events.append(event("certificate_imported", step.mzp, step.app, line, now))
+        elif done.submitted.outcome is Outcome.SENT:
+            report.events.append(event("csr_submitted", step.mzp, step.app, line, now))
     if deploy:
-        failed = {f.split(":", 1)[0] for f in report.failed}
+        failed = {f.key for f in report.failed}
         report.deploy = [_key(s) for s in report.steps
                          if _key(s) not in failed and (_key(s) in report.changed or s.hosts_behind)]
     return report
 
 
-def finish(creds: Credentials, report: Report, now: dt.datetime, deploy_rc: int | None,
-           log=lambda line: print(line, file=sys.stderr)) -> list:
+def finish(tk: Toolkit, report: Report, now: dt.datetime, deploy_rc: int | None,
+           log=lambda line: print(line, file=sys.stderr)) -> list[str]:
     """Events from the state after the run, notifications, run record, metrics, lock release."""
     try:
         # Reuse the indexes the plan read, except those this run changed or deployed.
         touched = set(report.changed) | set(report.deploy)
-        cached = {k: v for k, v in creds.last_indexes.items() if k not in touched}
-        rows = creds.rows(now, cached=cached)
+        cached = {k: v for k, v in tk.planner.last_indexes.items() if k not in touched}
+        rows = tk.planner.rows(now, cached=cached)
         if deploy_rc in (0, None):
             # Deployed fine yet no host reported: the credential has no hosts; say so, or it stays "behind".
-            hostless = [r for r in rows if f"{r.mzp}/{r.app}" in report.deploy and r.hosts_total is None and r.serial]
+            hostless = [r for r in rows if r.key in report.deploy and r.hosts_total is None and r.serial]
             for r in hostless:
-                creds.record_hosts(r.mzp, r.app, {}, set(), now)
+                tk.hosts.record(r.mzp, r.app, {}, set(), now)
             if hostless:
-                rows = creds.rows(now, cached=cached)
-        by_key = {f"{r.mzp}/{r.app}": r for r in rows}
-        for key in report.deploy:
-            r = by_key.get(key)
-            if r is None:
-                continue
-            hosts = f"{r.hosts_in_sync}/{r.hosts_total}" if r.hosts_total is not None else "?"
-            ok = r.hosts_total is not None and r.hosts_in_sync == r.hosts_total and deploy_rc in (0, None)
-            report.events.append(event("deployed" if ok else "deploy_failed", r.mzp, r.app,
-                                        f"{key}: serial {r.serial} {'deployed to' if ok else 'NOT on all of'} its hosts "
-                                        f"({hosts} in sync)", now, serial=r.serial, hosts=hosts))
-        for r in rows:
-            key = f"{r.mzp}/{r.app}"
-            partner = creds.inventory.partner(r.mzp)
-            if r.state == "expired":
-                report.events.append(event("expired", r.mzp, r.app, f"{key}: the certificate expired on {r.not_after}",
-                                            now, serial=r.serial, not_after=r.not_after))
-            elif r.state == "expiring" and not r.pending_since:
-                report.events.append(event("expiring_unrenewed", r.mzp, r.app,
-                                            f"{key}: expires in {r.days_left} days and no renewal is pending",
-                                            now, serial=r.serial, days_left=r.days_left))
-            if r.pending_age_days is not None and r.pending_age_days >= partner.pending_reminder_days:
-                report.events.append(event("reminder", r.mzp, r.app,
-                                            f"{key}: CSR pending for {r.pending_age_days} days, no reply imported yet",
-                                            now, pending_age_days=r.pending_age_days,
-                                            submitted_at=r.pending_submitted_at))
+                rows = tk.planner.rows(now, cached=cached)
+        report.events.extend(_deploy_events(report, rows, deploy_rc, now))
+        report.events.extend(_state_events(tk, rows, now))
         deployed_ok = not any(e.kind.value == "deploy_failed" for e in report.events)
         ok = not report.failed and deploy_rc in (None, 0) and deployed_ok
-        _record_run(creds, now, ok)
-        failures = notify(creds, report.events, log)
-        write_metrics(creds, rows, now, log)
+        record = tk.store.run_record()
+        record.last_run = iso(now)
+        if ok:
+            record.last_success = iso(now)
+        tk.store.put_run_record(record)
+        failures = notify(tk, report.events, log)
+        write_metrics(tk, rows, now, log)
         return failures
     finally:
         if report.lock_token:
-            lock = Lock(creds.store)
+            lock = Lock(tk.store)
             if lock.adopt(report.lock_token):
                 lock.release(now)
 
 
-def _record_run(creds: Credentials, now: dt.datetime, ok: bool) -> None:
-    path = creds.store.runs_path()
-    custom = creds.store.read_custom(path)
-    custom["last_run"] = iso(now)
-    if ok:
-        custom["last_success"] = iso(now)
-    rec = creds.store.read(path)
-    try:
-        creds.store.write(path, custom, cas=rec.version if rec else creds.store.version(path))
-    except Conflict:
-        pass  # another run recorded itself at the same moment
-    creds.store.write_custom(path, custom)
+def _deploy_events(report: Report, rows: list[Row], deploy_rc: int | None, now: dt.datetime) -> list:
+    by_key = {r.key: r for r in rows}
+    out = []
+    for key in report.deploy:
+        r = by_key.get(key)
+        if r is None:
+            continue
+        hosts = f"{r.hosts_in_sync}/{r.hosts_total}" if r.hosts_total is not None else "?"
+        ok = r.hosts_total is not None and r.hosts_in_sync == r.hosts_total and deploy_rc in (0, None)
+        out.append(event("deployed" if ok else "deploy_failed", r.mzp, r.app,
+                         f"{key}: serial {r.serial} {'deployed to' if ok else 'NOT on all of'} its hosts "
+                         f"({hosts} in sync)", now, serial=r.serial, hosts=hosts))
+    return out
 
 
-def last_runs(creds: Credentials) -> tuple[dt.datetime | None, dt.datetime | None]:
-    custom = creds.store.read_custom(creds.store.runs_path())
-    parse = (lambda v: dt.datetime.fromisoformat(v) if v else None)
-    return parse(custom.get("last_run")), parse(custom.get("last_success"))
+def _state_events(tk: Toolkit, rows: list[Row], now: dt.datetime) -> list:
+    out = []
+    for r in rows:
+        partner = tk.inventory.partner(r.mzp)
+        if r.state == "expired":
+            out.append(event("expired", r.mzp, r.app, f"{r.key}: the certificate expired on {r.not_after}",
+                             now, serial=r.serial, not_after=r.not_after))
+        elif r.state == "expiring" and not r.pending_since:
+            out.append(event("expiring_unrenewed", r.mzp, r.app,
+                             f"{r.key}: expires in {r.days_left} days and no renewal is pending",
+                             now, serial=r.serial, days_left=r.days_left))
+        if r.pending_age_days is not None and r.pending_age_days >= partner.pending_reminder_days:
+            out.append(event("reminder", r.mzp, r.app,
+                             f"{r.key}: CSR pending for {r.pending_age_days} days, no reply imported yet",
+                             now, pending_age_days=r.pending_age_days, submitted_at=r.pending_submitted_at))
+    return out
 
 
-def notify(creds: Credentials, events: list, log) -> list[str]:
-    config = creds.inventory.notify
+def imported(tk: Toolkit, result, line: str, now: dt.datetime, log) -> None:
+    """After an import by hand: notify, and refresh the metrics file."""
+    notify(tk, [event("certificate_imported", result.mzp, result.app, line, now, serial=result.serial,
+                      not_after=result.not_after)], log)
+    write_metrics(tk, tk.planner.rows(now), now, log)
+
+
+def last_runs(tk: Toolkit) -> tuple[dt.datetime | None, dt.datetime | None]:
+    record = tk.store.run_record()
+    return parse_time(record.last_run), parse_time(record.last_success)
+
+
+def notify(tk: Toolkit, events: list, log) -> list[str]:
+    config = tk.inventory.notify
     if not config or not events:
         return []
     from .notify import Notifier
     password = None
     try:
-        rec = creds.store.read(creds.store.smtp_path(None))
-        password = rec.data.get("password") if rec else None
-    except UserError as exc:
+        password = tk.passwords.smtp(None)
+    except Error as exc:
         log(f"warning: notifications: cannot read the SMTP password: {exc}")
     return Notifier(config, password, log).send(events)
 
 
-def write_metrics(creds: Credentials, rows, now: dt.datetime, log, path: str | None = None) -> str | None:
-    target = path or creds.inventory.metrics_textfile
+def write_metrics(tk: Toolkit, rows: list[Row], now: dt.datetime, log, path: str | None = None) -> str | None:
+    target = path or tk.inventory.metrics_textfile
     if not target:
         return None
     from .metrics import render, write_textfile
-    last_run, last_success = last_runs(creds)
+    last_run, last_success = last_runs(tk)
     try:
         write_textfile(target, render(rows, now=now, last_run=last_run, last_success=last_success))
-    except (UserError, OSError) as exc:
+    except (Error, OSError) as exc:
         log(f"warning: metrics: {exc}")
         return None
     return target

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import certs, keys
-from .errors import Conflict, UserError
+from .errors import Conflict, IntegrityError, UserError
 from .profile import MZP_RE, OU
-from .store import Store
+from .store import AuthorityKey, Store
 
 CA_NAME = x509.Name([
     x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
@@ -61,15 +61,17 @@ class Authority:
         # The CA record is written once (check-and-set 0) and never changes: read it once per Authority.
         if self._cached is not None:
             return self._cached
-        rec = self.store.read(self.store.sandbox_path())
-        if rec is None:
+        found = self.store.authority()
+        if found is None:
             key_pem, cert_pem = _new_ca(now, self.test_key_bits)
             try:
-                self.store.write(self.store.sandbox_path(), {"key_pem": key_pem, "cert_pem": cert_pem}, cas=0)
+                self.store.put_authority(AuthorityKey(key_pem=key_pem, cert_pem=cert_pem))
             except Conflict:
                 pass  # another run created it first; use theirs
-            rec = self.store.read(self.store.sandbox_path())
-        self._cached = (keys.from_pem(rec.data["key_pem"]), certs.from_pem(rec.data["cert_pem"])[0])
+            found = self.store.authority()
+        if found is None:
+            raise IntegrityError("the sandbox authority's CA was written but cannot be read back; check Vault")
+        self._cached = (keys.from_pem(found.record.key_pem), certs.from_pem(found.record.cert_pem)[0])
         return self._cached
 
     def ca_pem(self, now: dt.datetime) -> str:

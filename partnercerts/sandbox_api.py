@@ -48,7 +48,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-from .errors import UserError
+from .errors import Error, UserError
 from .profile import MZP_RE
 from .sandbox import Authority
 from .store import Store
@@ -214,15 +214,12 @@ class Directory:
 
     def _read(self, mzp: str) -> Partner:
         ids = set()
-        for entry in self.store.list(f"{self.store.prefix}/{mzp}/apps"):
-            if not entry.endswith("/"):
-                continue
-            got = self.store.read_index(mzp, entry.rstrip("/"))
+        for app in self.store.applications(mzp):
+            got = self.store.read_index(mzp, app)
             if got and got[0].client_id and got[0].serial:
                 ids.add(got[0].client_id)
-        rec = self.store.read(self.store.account_path(mzp))
-        password = rec.data.get("password") if rec else None
-        return Partner(frozenset(ids), password or None)
+        acct = self.store.account(mzp)
+        return Partner(frozenset(ids), acct.record.password if acct and acct.record.password else None)
 
 
 def _same(given: str, expected: str) -> bool:
@@ -481,7 +478,7 @@ class SandboxAPI:
         client_ids = [v for k, v in parse_qsl(req.query, keep_blank_values=True) if k == "client_id"]
         try:
             partner = self.directory.partner(mzp)
-        except UserError as exc:  # Vault denied, sealed or unreachable
+        except Error as exc:  # Vault denied, sealed or unreachable
             return error(503, f"credential store: {exc}"), mzp
         if len(client_ids) != 1 or client_ids[0] not in partner.client_ids:
             return error(403, "no client_id" if not client_ids else "client_id unknown for this MZP"), mzp
@@ -554,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         server = SandboxAPI(store, Authority(store, settings.sandbox_validity_days),
                             [a for a in args.bind.split(",") if a.strip()], args.port, base_path=args.base_path)
         server.start()
-    except UserError as exc:
+    except Error as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except Exception as exc:

@@ -1,52 +1,268 @@
-"""Vault custody: the one module that knows the KV v2 layout.
+"""Vault custody: the one module that knows the KV v2 layout and the shape of its records.
 
 Layout under the KV v2 mount (default `secret`) and prefix (default `partnercerts`):
 
-    <prefix>/<mzp>/account                        MZP password
-    <prefix>/<mzp>/apps/<app>/pending             key, CSR, created/submitted times (or a
+    <prefix>/<mzp>/account                        Password: the MZP password
+    <prefix>/<mzp>/apps/<app>/pending             Pending: key, CSR, created/submitted times (or a
                                                   `consumed` tombstone once imported)
-    <prefix>/<mzp>/apps/<app>/current             key, certificate, chain, CA, Client ID,
+    <prefix>/<mzp>/apps/<app>/current             Issued: key, certificate, chain, CA, Client ID,
                                                   serial, not_after, fingerprint, PKCS#12 password
-    <prefix>/<mzp>/apps/<app>/history/<serial>    every imported certificate with its key,
+    <prefix>/<mzp>/apps/<app>/history/<serial>    Issued: every imported certificate with its key,
                                                   written once, never overwritten
-    <prefix>/<mzp>/apps/<app>/hosts               per host: what it serves and whether that is
-                                                  in sync with current (no secrets)
-    <prefix>/<mzp>/smtp                           password of the partner's SMTP submission account
-    <prefix>/sandbox/authority                    the sandbox authority's CA key and certificate
-    <prefix>/notify/smtp                          password of the notification e-mail account
-    <prefix>/locks/rotate                         the rotation lock: holder, token, expiry (no secrets)
-    <prefix>/runs/rotate                          last run and last success times (also in its custom metadata)
+    <prefix>/<mzp>/apps/<app>/hosts               Hosts: per host, what it serves and whether that
+                                                  is in sync with current (no secrets)
+    <prefix>/<mzp>/smtp                           Password: the partner's SMTP submission account
+    <prefix>/sandbox/authority                    AuthorityKey: the sandbox authority's CA
+    <prefix>/notify/smtp                          Password: the notification e-mail account
+    <prefix>/locks/rotate                         LockRecord: holder, token, expiry (no secrets)
+    <prefix>/runs/rotate                          RunRecord: last run and last success (also in
+                                                  its custom metadata, for the auditor)
 
-The custom metadata of `current` is the credential's index (state, serial, not_after,
-Client ID, pending_since, ...): `status` and the rotation plan read only that, never
-secret data. Every data write uses check-and-set; nothing here deletes or destroys.
+The custom metadata of `current` is the credential's `Index` (serial, not_after, Client ID,
+pending_since, ...): `status` and the rotation plan read only that, never secret data. Every
+data write uses check-and-set; nothing here deletes or destroys. Records are dataclasses with an
+explicit conversion to and from Vault data (`from_data`, `to_data`); fields a newer version
+wrote and this one does not know are kept (`extra`) and written back unchanged.
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import re
-import socket
-from dataclasses import asdict, dataclass, fields
-from urllib.parse import urlsplit
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Generic, TypeVar
 
 import hvac
-import hvac.adapters
-import hvac.exceptions
-import requests
 
-from .errors import Conflict, UserError
+from .errors import Conflict, NotSetUp, Remedy
+from .keepalive import DELEGATE, KeepAliveReader
 from .settings import Settings
-from .vault import unreachable
+from .vault import translated
 
 # KV v2 prunes versions past max_versions (mount default 10); keep far more so no key version is destroyed.
 MAX_VERSIONS = 1000
 INDEX_SCHEMA = "1"
 
 
+def iso(t: dt.datetime) -> str:
+    """A time as the records keep it: UTC, whole seconds, ISO 8601."""
+    return t.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def parse_time(value: str) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+# -- records ------------------------------------------------------------------------------
+@dataclass
+class _Record:
+    """A record's fields are its Vault keys; `extra` keeps the keys this version does not know."""
+
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+    _lists: ClassVar[tuple[str, ...]] = ()
+    _ints: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_data(cls, data: dict):
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in known:
+                continue
+            if name in cls._lists:
+                kwargs[name] = list(value or [])
+            elif name in cls._ints:
+                kwargs[name] = int(value) if value not in (None, "") else None
+            elif isinstance(known[name].default, bool):
+                kwargs[name] = bool(value)
+            else:
+                kwargs[name] = "" if value is None else str(value) if not isinstance(value, (dict, list)) else value
+        record = cls(**kwargs)
+        record.extra = {k: v for k, v in data.items() if k not in known}
+        return record
+
+    def to_data(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "extra"}
+        for name in self._ints:
+            if out.get(name) is None:
+                out.pop(name, None)
+        return {**self.extra, **out}
+
+
+class PendingState(str, enum.Enum):
+    PENDING = "pending"
+    CONSUMED = "consumed"
+
+
+@dataclass
+class Sent(_Record):
+    at: str = ""
+    message_id: str = ""
+    method: str = ""
+
+
+@dataclass
+class Pending(_Record):
+    """A pending key and its CSR until the authority's certificate is imported, then a tombstone."""
+
+    state: str = PendingState.PENDING.value
+    key_pem: str = ""
+    csr_pem: str = ""
+    key_sha256: str = ""
+    key_spec: str = ""
+    created_at: str = ""
+    submitted_at: str = ""
+    submission: str = ""
+    message_id: str = ""
+    submitting_at: str = ""
+    sent: list = field(default_factory=list)      # [Sent], oldest first
+    serial: str = ""                              # tombstone: the certificate it became
+    consumed_at: str = ""
+    _lists: ClassVar[tuple[str, ...]] = ("sent",)
+
+    @property
+    def live(self) -> bool:
+        return self.state == PendingState.PENDING.value
+
+    @classmethod
+    def from_data(cls, data: dict) -> "Pending":
+        rec = super().from_data(data)
+        rec.sent = [s if isinstance(s, Sent) else Sent.from_data(s) for s in rec.sent if isinstance(s, (dict, Sent))]
+        return rec
+
+    def to_data(self) -> dict:
+        data = super().to_data()
+        data["sent"] = [s.to_data() for s in self.sent]
+        if not self.live:  # a tombstone keeps no key
+            return {k: data[k] for k in ("state", "serial", "key_sha256", "consumed_at")}
+        for name in ("serial", "consumed_at", "message_id", "submitting_at"):
+            if not data.get(name):
+                data.pop(name, None)
+        if not data["sent"]:
+            data.pop("sent")
+        return data
+
+    def tombstone(self, serial: str, now: dt.datetime) -> "Pending":
+        return Pending(state=PendingState.CONSUMED.value, serial=serial, key_sha256=self.key_sha256,
+                       consumed_at=iso(now))
+
+
+@dataclass
+class Issued(_Record):
+    """An imported certificate with its key: the `current` record, and each `history/<serial>`."""
+
+    key_pem: str = ""
+    key_sha256: str = ""
+    key_spec: str = ""
+    cert_pem: str = ""
+    chain_pem: str = ""
+    ca_pem: str = ""
+    client_id: str = ""
+    serial: str = ""
+    not_before: str = ""
+    not_after: str = ""
+    fingerprint_sha256: str = ""
+    p12_password: str = ""
+    imported_at: str = ""
+    pending_created_at: str = ""
+    submitted_at: str = ""
+    submission: str = ""
+    turnaround_seconds: int | None = None
+    turnarounds: list = field(default_factory=list)   # seconds, the last five imports, newest last
+    _lists: ClassVar[tuple[str, ...]] = ("turnarounds",)
+    _ints: ClassVar[tuple[str, ...]] = ("turnaround_seconds",)
+
+    def to_data(self) -> dict:
+        data = super().to_data()
+        if not data["turnarounds"]:
+            data.pop("turnarounds")
+        return data
+
+
+@dataclass
+class HostReport(_Record):
+    in_sync: bool = False
+    fingerprint_sha256: str = ""
+    serial: str = ""
+    drift: list = field(default_factory=list)
+    checked_at: str = ""
+    _lists: ClassVar[tuple[str, ...]] = ("drift",)
+
+
+@dataclass
+class Hosts(_Record):
+    """What each host of a credential serves, from the last deploy or verify that checked it."""
+
+    hosts: dict = field(default_factory=dict)   # host -> HostReport
+    checked_at: str = ""
+
+    @classmethod
+    def from_data(cls, data: dict) -> "Hosts":
+        rec = super().from_data(data)
+        rec.hosts = {str(h): r if isinstance(r, HostReport) else HostReport.from_data(r or {})
+                     for h, r in (data.get("hosts") or {}).items()}
+        return rec
+
+    def to_data(self) -> dict:
+        data = super().to_data()
+        data["hosts"] = {h: r.to_data() for h, r in self.hosts.items()}
+        return data
+
+
+@dataclass
+class Password(_Record):
+    """A password kept in Vault: the MZP account, an SMTP account."""
+
+    password: str = ""
+    updated_at: str = ""
+
+
+@dataclass
+class AuthorityKey(_Record):
+    key_pem: str = ""
+    cert_pem: str = ""
+
+
+@dataclass
+class LockRecord(_Record):
+    state: str = ""            # held | released
+    holder: str = ""
+    token: str = ""
+    acquired_at: str = ""
+    expires_at: str = ""
+    released_at: str = ""
+    host: str = ""
+    boot_id: str = ""
+    pid: str = ""
+    pid_started: str = ""
+
+    def to_data(self) -> dict:
+        return {k: v for k, v in super().to_data().items() if v != ""}
+
+
+@dataclass
+class RunRecord(_Record):
+    last_run: str = ""
+    last_success: str = ""
+
+    def to_data(self) -> dict:
+        return {k: v for k, v in super().to_data().items() if v != ""}
+
+
+R = TypeVar("R", bound=_Record)
+
+
+@dataclass
+class Versioned(Generic[R]):
+    """A record as read, with the version a check-and-set write must name."""
+
+    record: R
+    version: int
+
+
 @dataclass
 class Record:
+    """Raw KV v2 data and its version (the store's own reads, tests and the benchmark's seeding)."""
+
     data: dict
     version: int
 
@@ -83,263 +299,20 @@ class Index:
         return {"schema": INDEX_SCHEMA, **{k: v for k, v in asdict(self).items() if v}}
 
     def not_after_dt(self) -> dt.datetime | None:
-        return dt.datetime.fromisoformat(self.not_after) if self.not_after else None
+        return parse_time(self.not_after)
 
     def not_before_dt(self) -> dt.datetime | None:
-        return dt.datetime.fromisoformat(self.not_before) if self.not_before else None
+        return parse_time(self.not_before)
 
     def pending_since_dt(self) -> dt.datetime | None:
-        return dt.datetime.fromisoformat(self.pending_since) if self.pending_since else None
+        return parse_time(self.pending_since)
 
-
-_DELEGATE = object()
-_PLAIN_PATH = re.compile(r"^[A-Za-z0-9/_.~-]+$")
-_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]*$")
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
-_MAX_LINE = 65536
-_MAX_HEADERS = 100
-
-
-class _Unexpected(Exception):
-    """A response this reader does not handle itself: the request goes to the adapter instead."""
-
-
-class KeepAliveReader:
-    """Vault GETs over one keep-alive HTTP/1.1 connection: the read path of `status` and the plan.
-
-    A read through hvac costs about twice the round trip itself (requests merges its settings and
-    re-reads the proxy environment on every call; http.client parses headers with the e-mail
-    parser), and `status` and the rotation plan make one read per credential. So GETs go through
-    this small client: one request written in one send, the status line, the few headers that
-    frame the body (Content-Length or chunked), the JSON body. Only the plain outcomes are
-    handled here: 200 (the parsed body) and 404 (absent: None, as Store treats hvac's
-    InvalidPath). Anything else -- a refused, reset or timed-out connection, a sealed, standby or
-    failing node, a redirect, a denial, a body it cannot frame or parse -- returns _DELEGATE and
-    the caller repeats the request through the client's own adapter, so that failover across the
-    cluster's nodes with bounded backoff (vault.FailoverAdapter) and hvac's exceptions, hence
-    every error message, stay exactly as they were. After a failover the next read follows the
-    adapter to the node that answered.
-
-    Not used (everything goes through hvac) when the adapter is not hvac's JSON adapter, presents
-    a client certificate, when a proxy is configured, or when VAULT_ADDR names several nodes of a
-    cluster: there the adapter sends every request to the node whose sys/health says active (a
-    standby answers reads from a lagging copy), and that choice stays the adapter's alone.
-    """
-
-    def __init__(self, adapter):
-        self.adapter = adapter
-        self.sock = None
-        self.rfile = None
-        self.target: tuple = ()
-        self.prefix = ""
-        self.host = ""
-        self.pid = 0
-        self.pipelining = True
-        self.window = 32
-
-    @classmethod
-    def for_client(cls, client) -> "KeepAliveReader | None":
-        adapter = getattr(client, "adapter", None)
-        if not isinstance(adapter, hvac.adapters.JSONAdapter) or getattr(adapter, "ignore_exceptions", False):
-            return None
-        if len(getattr(adapter, "base_uris", None) or [adapter.base_uri]) > 1:
-            return None
-        kwargs = getattr(adapter, "_kwargs", {})
-        session = getattr(adapter, "session", None)
-        if kwargs.get("cert") or kwargs.get("proxies") or getattr(session, "cert", None) \
-                or getattr(session, "proxies", None):
-            return None
-        if any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS):
-            return None
-        return cls(adapter)
-
-    # -- connection ---------------------------------------------------------------------------
-    def _connect(self) -> bool:
-        uri = urlsplit(self.adapter.base_uri)
-        verify = self.adapter._kwargs.get("verify", True)
-        timeout = self.adapter._kwargs.get("timeout") or 30
-        target = (self.adapter.base_uri, verify, timeout)
-        if self.sock is not None and target == self.target and self.pid == os.getpid():
-            return True
-        self.close()
-        if uri.scheme not in ("http", "https") or not uri.hostname:
-            return False
-        sock = socket.create_connection((uri.hostname, uri.port or (443 if uri.scheme == "https" else 80)), timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if uri.scheme == "https":
-            sock = self._tls(verify).wrap_socket(sock, server_hostname=uri.hostname)
-        self.sock, self.rfile, self.target, self.pid = sock, sock.makefile("rb"), target, os.getpid()
-        self.prefix = uri.path.rstrip("/")
-        self.host = uri.netloc.rpartition("@")[2]
-        return True
-
-    @staticmethod
-    def _tls(verify):
-        """The checks requests makes: VAULT_CACERT (a file or a directory); none with verify=False; else
-        REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE; else certifi's bundle."""
-        import ssl
-        if verify is False:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        if verify is True:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if not verify:
-                import certifi
-                verify = certifi.where()
-        if os.path.isdir(verify):
-            return ssl.create_default_context(capath=verify)
-        return ssl.create_default_context(cafile=verify)
-
-    def close(self) -> None:
-        if self.sock is not None and self.pid == os.getpid():  # a forked child leaves its parent's socket alone
-            for f in (self.rfile, self.sock):
-                try:
-                    f.close()
-                except OSError:
-                    pass
-        self.sock = self.rfile = None
-
-    # -- one GET --------------------------------------------------------------------------------
-    def _line(self) -> bytes:
-        line = self.rfile.readline(_MAX_LINE + 1)
-        if not line.endswith(b"\r\n") or len(line) > _MAX_LINE:
-            raise _Unexpected("truncated or overlong line")
-        return line[:-2]
-
-    def _response(self) -> tuple[int, bytes, bool]:
-        """Status, body and whether the server closes the connection after it."""
-        parts = self._line().split(None, 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1].isdigit():
-            raise _Unexpected("not an HTTP/1.x status line")
-        status = int(parts[1])
-        length, chunked, close = None, False, parts[0] == b"HTTP/1.0"
-        for _ in range(_MAX_HEADERS + 1):
-            line = self._line()
-            if not line:
-                break
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise _Unexpected("malformed header")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise _Unexpected("bad Content-Length")
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = value == b"chunked"
-                if not chunked:
-                    raise _Unexpected("unsupported Transfer-Encoding")
-            elif name == b"connection":
-                close = close or b"close" in value
-        else:
-            raise _Unexpected("too many headers")
-        if status < 200 or status in (204, 304):
-            raise _Unexpected("informational or bodiless response")
-        if chunked:
-            body = bytearray()
-            while True:
-                size = self._line().split(b";", 1)[0].strip()
-                try:
-                    n = int(size, 16)
-                except ValueError:
-                    raise _Unexpected("bad chunk size") from None
-                if n == 0:
-                    while self._line():  # trailers
-                        pass
-                    break
-                chunk = self.rfile.read(n + 2)
-                if len(chunk) != n + 2 or not chunk.endswith(b"\r\n"):
-                    raise _Unexpected("truncated chunk")
-                body += chunk[:-2]
-            return status, bytes(body), close
-        if length is None:
-            raise _Unexpected("body without a length")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise _Unexpected("truncated body")
-        return status, body, close
-
-    def _request(self, url: str) -> bytes | None:
-        """The bytes of one GET, or None when it must go through the adapter (unusual path or token)."""
-        token = self.adapter.token or ""
-        namespace = self.adapter.namespace or ""
-        if not _PLAIN_PATH.match(url) or not _TOKEN_CHARS.match(token) or not _TOKEN_CHARS.match(namespace):
-            return None
-        head = [f"GET {self.prefix}/{url.strip('/')} HTTP/1.1", f"Host: {self.host}",
-                "Accept: application/json", "X-Vault-Request: true"]
-        if token:
-            head.append(f"X-Vault-Token: {token}")
-        if namespace:
-            head.append(f"X-Vault-Namespace: {namespace}")
-        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
-
-    @staticmethod
-    def _result(status: int, body: bytes):
-        if status == 404:
-            return None
-        if status != 200:
-            return _DELEGATE
-        try:
-            return json.loads(body)
-        except ValueError:
-            return _DELEGATE
-
-    def get(self, url: str):
-        """The JSON body (200), None (404), or _DELEGATE: repeat the request through the adapter."""
-        got = self._exchange([url])
-        return got[0] if got else _DELEGATE
-
-    def get_many(self, urls: list[str]):
-        """get() of every URL, in order (a generator), pipelined (HTTP/1.1, RFC 9112 section 9.3.2): a
-        window of requests is written at once and the responses read in order, so a window costs one
-        round trip instead of one per read. Whatever a window leaves unanswered (the connection closed,
-        an unexpected response) is asked again one by one; a connection that breaks off a window turns
-        pipelining off for the rest of this reader."""
-        done = 0
-        while done < len(urls):
-            if not self.pipelining:
-                for u in urls[done:]:
-                    yield self.get(u)
-                return
-            window = urls[done:done + self.window]
-            got = self._exchange(window)
-            if len(got) < len(window):
-                self.pipelining = False
-                got.append(self.get(window[len(got)]))
-            done += len(got)
-            yield from got
-
-    def _exchange(self, urls: list[str]) -> list:
-        """Send the requests of `urls` at once and read their responses in order; returns the results of
-        the prefix that was answered (an URL that needs the adapter gets _DELEGATE)."""
-        requests_ = [self._request(u) for u in urls]
-        if None in requests_:
-            return [_DELEGATE if r is None else self.get(u) for u, r in zip(urls, requests_)] if len(urls) > 1 \
-                else [_DELEGATE]
-        payload = b"".join(requests_)
-        for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: once more on a new one
-            reused = self.sock is not None
-            got: list = []
-            try:
-                if not self._connect():
-                    return [_DELEGATE] * len(urls)
-                self.sock.sendall(payload)
-                for _ in urls:
-                    status, body, close = self._response()
-                    got.append(self._result(status, body))
-                    if close:
-                        self.close()
-                        break
-            except (OSError, _Unexpected) as exc:
-                self.close()
-                if not got and attempt == 0 and reused and isinstance(exc, OSError):
-                    continue
-                if not got and len(urls) == 1:
-                    return [_DELEGATE]
-            return got
-        return [_DELEGATE] * len(urls)
+    def carry_pending(self, other: "Index") -> None:
+        """Take the pending fields (and key spec) of another index: what the deployer may not read itself."""
+        for f in fields(self):
+            if f.name.startswith("pending_"):
+                setattr(self, f.name, getattr(other, f.name))
+        self.key_spec = self.key_spec or other.key_spec
 
 
 class Store:
@@ -355,8 +328,11 @@ class Store:
     def account_path(self, mzp: str) -> str:
         return f"{self.prefix}/{mzp}/account"
 
+    def apps_path(self, mzp: str) -> str:
+        return f"{self.prefix}/{mzp}/apps"
+
     def credential_path(self, mzp: str, app: str) -> str:
-        return f"{self.prefix}/{mzp}/apps/{app}"
+        return f"{self.apps_path(mzp)}/{app}"
 
     def pending_path(self, mzp: str, app: str) -> str:
         return f"{self.credential_path(mzp, app)}/pending"
@@ -382,47 +358,123 @@ class Store:
     def sandbox_path(self) -> str:
         return f"{self.prefix}/sandbox/authority"
 
+    # -- typed records --------------------------------------------------------------
+    def _get(self, path: str, kind: type[R]) -> Versioned[R] | None:
+        rec = self.read(path)
+        return Versioned(kind.from_data(rec.data), rec.version) if rec else None
+
+    def _put(self, path: str, record: _Record, cas: int) -> int:
+        return self.write(path, record.to_data(), cas)
+
+    def pending(self, mzp: str, app: str) -> Versioned[Pending] | None:
+        return self._get(self.pending_path(mzp, app), Pending)
+
+    def live_pending(self, mzp: str, app: str) -> Versioned[Pending] | None:
+        found = self.pending(mzp, app)
+        return found if found and found.record.live else None
+
+    def put_pending(self, mzp: str, app: str, record: Pending, cas: int) -> int:
+        version = self._put(self.pending_path(mzp, app), record, cas)
+        if version == 1:  # keep every pending key version (KV v2 would prune past the mount's max_versions)
+            self._call("post", f"/v1/{self.mount}/metadata/{self.pending_path(mzp, app)}",
+                       json={"max_versions": MAX_VERSIONS})
+        return version
+
+    def current(self, mzp: str, app: str) -> Versioned[Issued] | None:
+        return self._get(self.current_path(mzp, app), Issued)
+
+    def put_current(self, mzp: str, app: str, record: Issued, cas: int) -> int:
+        return self._put(self.current_path(mzp, app), record, cas)
+
+    def history(self, mzp: str, app: str, serial: str) -> Versioned[Issued] | None:
+        return self._get(self.history_path(mzp, app, serial), Issued)
+
+    def history_serials(self, mzp: str, app: str) -> list[str]:
+        return self.list(f"{self.credential_path(mzp, app)}/history")
+
+    def put_history(self, mzp: str, app: str, record: Issued) -> int:
+        """Write-once: raises Conflict when the serial is already in the history."""
+        return self._put(self.history_path(mzp, app, record.serial), record, cas=0)
+
+    def hosts(self, mzp: str, app: str) -> Versioned[Hosts] | None:
+        return self._get(self.hosts_path(mzp, app), Hosts)
+
+    def put_hosts(self, mzp: str, app: str, record: Hosts, cas: int) -> int:
+        return self._put(self.hosts_path(mzp, app), record, cas)
+
+    def applications(self, mzp: str) -> list[str]:
+        """The applications of a partner that Vault holds records for."""
+        return [entry.rstrip("/") for entry in self.list(self.apps_path(mzp)) if entry.endswith("/")]
+
+    def account(self, mzp: str) -> Versioned[Password] | None:
+        return self._get(self.account_path(mzp), Password)
+
+    def put_account(self, mzp: str, record: Password, cas: int) -> int:
+        return self._put(self.account_path(mzp), record, cas)
+
+    def smtp(self, mzp: str | None) -> Versioned[Password] | None:
+        return self._get(self.smtp_path(mzp), Password)
+
+    def put_smtp(self, mzp: str | None, record: Password, cas: int) -> int:
+        return self._put(self.smtp_path(mzp), record, cas)
+
+    def authority(self) -> Versioned[AuthorityKey] | None:
+        return self._get(self.sandbox_path(), AuthorityKey)
+
+    def put_authority(self, record: AuthorityKey) -> int:
+        return self._put(self.sandbox_path(), record, cas=0)
+
+    def lock(self, name: str) -> Versioned[LockRecord] | None:
+        return self._get(self.lock_path(name), LockRecord)
+
+    def put_lock(self, name: str, record: LockRecord, cas: int) -> int:
+        return self._put(self.lock_path(name), record, cas)
+
+    def run_record(self, name: str = "rotate") -> RunRecord:
+        """The last run and success times, from custom metadata (readable by the auditor)."""
+        return RunRecord.from_data(self.read_custom(self.runs_path(name)))
+
+    def put_run_record(self, record: RunRecord, name: str = "rotate") -> None:
+        """Record a run in the data (check-and-set) and in custom metadata; a concurrent run's record wins."""
+        path = self.runs_path(name)
+        rec = self.read(path)
+        try:
+            self.write(path, record.to_data(), cas=rec.version if rec else self.version(path))
+        except Conflict:
+            pass  # another run recorded itself at the same moment
+        self.write_custom(path, record.to_data())
+
     # -- raw KV v2 ------------------------------------------------------------------
     def _call(self, method: str, url: str, **kw):
         if method == "get" and self._reader is not None and not kw:
             found = self._reader.get(url)
-            if found is not _DELEGATE:
+            if found is not DELEGATE:
                 return found
         return self._adapter_call(method, url, **kw)
 
     def _adapter_call(self, method: str, url: str, **kw):
-        try:
-            return getattr(self.client.adapter, method)(url, **kw)
-        except hvac.exceptions.InvalidPath:
-            return None
-        except hvac.exceptions.Forbidden:
-            raise UserError(f"Vault at {self.addr} denied {method.upper()} {url.removeprefix('/v1/')}; "
-                            "use a token or AppRole whose policy allows it") from None
-        except hvac.exceptions.VaultDown:
-            raise UserError(f"Vault at {self.addr} is sealed or down; unseal it (or run scripts/inv vault.up)") from None
-        except requests.exceptions.RequestException as exc:
-            raise UserError(unreachable(self.addr, exc)) from None
+        with translated(self.addr, f"{method.upper()} {url.removeprefix('/v1/')}"):
+            try:
+                return getattr(self.client.adapter, method)(url, **kw)
+            except hvac.exceptions.InvalidPath:
+                return None
 
     def check_mount(self) -> None:
         """Fail early, with the fix, when the KV v2 mount is missing or is not version 2 (checked once per Store)."""
         if self._mount_checked:
             return
-        try:
-            resp = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
-        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
-            resp = None  # Vault answers 403 for a mount that does not exist, even to root
-        except hvac.exceptions.VaultDown:
-            raise UserError(f"Vault at {self.addr} is sealed or down; unseal it (or run scripts/inv vault.up)") from None
-        except requests.exceptions.RequestException as exc:
-            raise UserError(unreachable(self.addr, exc)) from None
+        with translated(self.addr, "the mount check", mount=self.mount):
+            try:
+                resp = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
+            except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+                resp = None  # Vault answers 403 for a mount that does not exist, even to root
         data = (resp or {}).get("data") if isinstance(resp, dict) else None
         if not data or data.get("type") not in ("kv", "generic") or data.get("path", "").strip("/") != self.mount:
-            raise UserError(f"KV v2 mount '{self.mount}' does not exist at {self.addr} (or this token may not use it); "
-                            "create it with "
-                            "scripts/inv vault.bootstrap, or set PARTNERCERTS_KV_MOUNT to an existing one")
+            raise NotSetUp(f"KV v2 mount '{self.mount}' does not exist at {self.addr} (or this token may not use it); "
+                           "create it, or set PARTNERCERTS_KV_MOUNT to an existing one", remedy=Remedy.BOOTSTRAP)
         if str((data.get("options") or {}).get("version")) != "2":
-            raise UserError(f"mount '{self.mount}' at {self.addr} is KV version 1; partnercerts needs KV v2 "
-                            "(set PARTNERCERTS_KV_MOUNT to a KV v2 mount)")
+            raise NotSetUp(f"mount '{self.mount}' at {self.addr} is KV version 1; partnercerts needs KV v2 "
+                           "(set PARTNERCERTS_KV_MOUNT to a KV v2 mount)")
         self._mount_checked = True
 
     def read(self, path: str) -> Record | None:
@@ -438,30 +490,13 @@ class Store:
 
     def write(self, path: str, data: dict, cas: int) -> int:
         """Write a new version only if the path is still at version `cas` (0: must not exist)."""
-        try:
+        with translated(self.addr, f"writing {self.mount}/data/{path}", mount=self.mount, path=path):
             resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}", json={"data": data, "options": {"cas": cas}})
-        except hvac.exceptions.InvalidRequest as exc:
-            if "check-and-set" in str(exc):
-                raise Conflict(f"{path} was changed by another run while this one worked; run the command again") from None
-            raise
-        except hvac.exceptions.InvalidPath:
-            raise UserError(f"cannot write {self.mount}/data/{path} at {self.addr}: the KV v2 mount '{self.mount}' "
-                            "is missing; create it with scripts/inv vault.bootstrap") from None
-        except hvac.exceptions.Forbidden:
-            raise UserError(f"Vault at {self.addr} denied writing {self.mount}/data/{path}; "
-                            "use a token or AppRole whose policy allows it") from None
-        except hvac.exceptions.VaultDown:
-            raise UserError(f"Vault at {self.addr} is sealed or down; unseal it (or run scripts/inv vault.up)") from None
-        except requests.exceptions.RequestException as exc:
-            raise UserError(unreachable(self.addr, exc)) from None
         return int(resp["data"]["version"])
 
     def list(self, path: str) -> list[str]:
         resp = self._call("list", f"/v1/{self.mount}/metadata/{path}")
         return list((resp or {}).get("data", {}).get("keys", []))
-
-    def set_max_versions(self, path: str) -> None:
-        self._call("post", f"/v1/{self.mount}/metadata/{path}", json={"max_versions": MAX_VERSIONS})
 
     # -- the credential index (custom metadata of `current`) -------------------------
     def read_index(self, mzp: str, app: str) -> tuple[Index, int] | None:
@@ -474,7 +509,7 @@ class Store:
         if self._reader is None or len(urls) < 2:
             return [self._index(self._call("get", url)) for url in urls]
         got = self._reader.get_many(urls)
-        return [self._index(self._adapter_call("get", url) if resp is _DELEGATE else resp)
+        return [self._index(self._adapter_call("get", url) if resp is DELEGATE else resp)
                 for url, resp in zip(urls, got)]
 
     @staticmethod
@@ -493,6 +528,10 @@ class Store:
         self._call("post", f"/v1/{self.mount}/metadata/{path}",
                    json={"custom_metadata": {k: str(v) for k, v in custom.items() if v not in (None, "")}})
 
-    def write_index(self, mzp: str, app: str, index: Index) -> None:
-        self._call("post", f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}",
-                   json={"custom_metadata": index.to_custom(), "max_versions": MAX_VERSIONS})
+    def write_index(self, mzp: str, app: str, index: Index, custom_only: bool = False) -> None:
+        """Write the index; custom_only for the deployer, whose policy may not change max_versions."""
+        body: dict[str, Any] = {"custom_metadata": index.to_custom()}
+        if not custom_only:
+            body["max_versions"] = MAX_VERSIONS
+        self._call("post", f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}", json=body)
+

@@ -1,6 +1,7 @@
 """Connecting to Vault/OpenBao: the standard VAULT_* environment, or the embedded workstation server."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -12,7 +13,7 @@ import hvac.exceptions
 import requests
 
 from . import embedded
-from .errors import UserError
+from .errors import Conflict, EnvironmentFault, NotSetUp, Remedy, UserError, VaultDenied, VaultUnavailable
 from .settings import Settings
 
 
@@ -146,11 +147,38 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
             raise UserError(f"VAULT_ADDR={addr} is set but no credentials were found; set VAULT_TOKEN, "
                             "write ~/.vault-token, or set VAULT_ROLE_ID and VAULT_SECRET_ID")
     except hvac.exceptions.VaultError as exc:
-        raise UserError(f"Vault at {addr} refused the AppRole login ({_first_line(exc)}); "
-                        "check VAULT_ROLE_ID/VAULT_SECRET_ID") from None
+        raise VaultDenied(f"Vault at {addr} refused the AppRole login ({_first_line(exc)}); "
+                          "check VAULT_ROLE_ID/VAULT_SECRET_ID") from None
     except requests.exceptions.RequestException as exc:
-        raise UserError(unreachable(addr, exc)) from None
+        raise VaultUnavailable(unreachable(addr, exc)) from None
     return client
+
+
+@contextlib.contextmanager
+def translated(addr: str, action: str, *, mount: str = "", path: str = ""):
+    """The one place where hvac and requests exceptions become this toolkit's errors.
+
+    `action` names the request in messages ("GET secret/data/...", "writing secret/data/...")."""
+    try:
+        yield
+    except hvac.exceptions.InvalidRequest as exc:
+        if "check-and-set" in str(exc):
+            raise Conflict(f"{path or action} was changed by another run while this one worked; "
+                           "run the command again") from None
+        raise EnvironmentFault(f"Vault at {addr} refused {action}: {_first_line(exc)}") from None
+    except hvac.exceptions.InvalidPath:
+        if not path:
+            raise
+        raise NotSetUp(f"cannot write {mount}/data/{path} at {addr}: the KV v2 mount '{mount}' is missing; "
+                       "create it", remedy=Remedy.BOOTSTRAP) from None
+    except hvac.exceptions.Forbidden:
+        raise VaultDenied(f"Vault at {addr} denied {action}; use a token or AppRole whose policy allows it") from None
+    except hvac.exceptions.VaultDown:
+        raise VaultUnavailable(f"Vault at {addr} is sealed or down; unseal it", remedy=Remedy.VAULT_UP) from None
+    except hvac.exceptions.VaultError as exc:
+        raise EnvironmentFault(f"Vault at {addr} failed {action}: {_first_line(exc)}") from None
+    except requests.exceptions.RequestException as exc:
+        raise VaultUnavailable(unreachable(addr, exc)) from None
 
 
 def unreachable(addr: str, exc: Exception) -> str:

@@ -8,12 +8,9 @@ import sys
 
 from invoke.exceptions import Exit
 
-from .. import inventory as inventory_mod
-from ..credentials import Credentials
-from ..errors import UserError
-from ..settings import Settings
-from ..store import Store
-from ..vault import connect
+from ..errors import Error, Remedy, UserError, with_hint
+from ..toolkit import Toolkit
+from ._hints import HINTS
 
 
 def now() -> dt.datetime:
@@ -28,10 +25,13 @@ def now() -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def credentials() -> Credentials:
-    settings = Settings.from_env()
-    inv = inventory_mod.load(settings.inventory)
-    return Credentials(settings, inv, Store(connect(settings), settings))
+def toolkit() -> Toolkit:
+    return Toolkit.open()
+
+
+def hinted(message: str, remedy: Remedy | None, **context: str) -> str:
+    """A core line with its remedy in this command line's words."""
+    return with_hint(message, remedy, HINTS, context)
 
 
 def info(message: str) -> None:
@@ -39,13 +39,14 @@ def info(message: str) -> None:
 
 
 def reports_errors(fn):
-    """Turn a UserError into one line on stderr and a non-zero exit; hide internals unless debugging."""
+    """Turn an Error into one line on stderr (its remedy in this command line's words) and the exit code of
+    its kind; hide internals unless debugging."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as exc:
-            raise Exit(f"error: {exc}", code=exc.exit_code) from None
+        except Error as exc:
+            raise Exit(f"error: {exc.worded(HINTS)}", code=exc.exit_code) from None
         except (Exit, KeyboardInterrupt):
             raise
         except Exception as exc:  # an unexpected failure: no traceback by default, it could quote data

@@ -10,9 +10,10 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from ..errors import UserError
+from ..errors import Remedy, UserError
 from ._ansible import playbook
-from ._common import credentials, info, now, reports_errors
+from ._hints import HINTS
+from ._common import hinted, info, now, reports_errors, toolkit
 
 MZP_HELP = "partner login, e.g. MZP123456 (as defined in the inventory)"
 APP_HELP = "application name of that partner (as defined in the inventory)"
@@ -31,7 +32,7 @@ def _write_private(path: Path, data: bytes) -> None:
 @reports_errors
 def csr(c, mzp, app, out=None, force=False):
     """Make (or return the pending) key and CSR with the exact PSA profile; the key goes only to Vault."""
-    result = credentials().make_csr(mzp, app, now(), force=force)
+    result = toolkit().pending.make_csr(mzp, app, now(), force=force)
     if result.warning:
         info(f"warning: {result.warning}")
     verb = "new key stored in Vault" if result.created else "pending CSR returned unchanged (no new key)"
@@ -59,36 +60,13 @@ def csr(c, mzp, app, out=None, force=False):
 @reports_errors
 def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=None):
     """Import a signed certificate (a file, a download link or a reply e-mail) through the strict gate."""
-    from .. import certs, reply
-    if sum(x is not None for x in (cert, url, eml)) != 1:
-        raise UserError("give exactly one of --cert FILE, --url LINK or --eml FILE")
-    creds = credentials()
-    s = creds.settings
-    limit = s.max_input_bytes
-
-    def download(link: str) -> bytes:
-        return reply.fetch(link, max_bytes=limit, allowed_hosts=list(s.download_hosts), cafile=s.download_cafile)
-
-    ca_data, ca_source = (certs.read_file(ca, limit), ca) if ca else (None, "")
-    if cert:
-        cert_data, source = certs.read_file(cert, limit), cert
-    elif url:
-        cert_data, source = download(url), reply.shown_url(url)
-    else:
-        found = reply.parse_eml(certs.read_file(eml, s.max_eml_bytes), max_bytes=s.max_eml_bytes, source=eml)
-        for problem in found.problems:
-            info(f"warning: {eml}: {problem}")
-        if found.cert is not None:
-            cert_data, source = found.cert, f"{eml} (attachment)"
-        else:
-            cert_data, source = download(found.cert_url), reply.shown_url(found.cert_url)
-        if ca_data is None and found.ca is not None:
-            ca_data, ca_source = found.ca, f"{eml} (CA attachment)"
-        elif ca_data is None and found.ca_url:
-            ca_data, ca_source = download(found.ca_url), reply.shown_url(found.ca_url)
-        client_id = client_id or found.client_id
-    result = creds.import_cert(mzp, app, cert_data, source, now(), ca_data=ca_data, ca_source=ca_source,
-                               client_id=client_id)
+    from .. import rotation, sources
+    tk = toolkit()
+    got = sources.resolve(tk.settings, cert=cert, url=url, eml=eml, ca=ca, client_id=client_id)
+    for problem in got.problems:
+        info(f"warning: {eml}: {problem}")
+    when = now()
+    result = tk.importer.import_cert(mzp, app, got.cert, when, ca=got.ca, client_id=got.client_id)
     if result.warning:
         info(f"warning: {result.warning}")
     if result.already_current:
@@ -97,11 +75,8 @@ def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=N
     line = (f"{mzp}/{app}: imported serial {result.serial}, valid until {result.not_after}, "
             f"Client ID {result.client_id}, SHA-256 {result.fingerprint_sha256}")
     print(line)
-    from .. import rotation
-    rotation.notify(creds, [rotation.event("certificate_imported", mzp, app, line, now(), serial=result.serial,
-                                           not_after=result.not_after)], info)
-    rotation.write_metrics(creds, creds.rows(now()), now(), info)
-    print(f"deploy it with scripts/inv deploy --only {mzp}/{app} (or let the next scheduled rotate do it)")
+    rotation.imported(tk, result, line, when, info)
+    print(hinted("", Remedy.DEPLOY, mzp=mzp, app=app).removeprefix("; ") + " (or let the next scheduled rotate do it)")
 
 
 @task(help={"json": "print a JSON list instead of a table",
@@ -109,7 +84,7 @@ def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=N
 @reports_errors
 def status(c, json=False, mzp=None, app=None):
     """One row per credential: state, serial, expiry, pending CSR (reads metadata only)."""
-    rows = credentials().rows(now(), mzp, app)
+    rows = toolkit().planner.rows(now(), mzp, app)
     if json:
         print(jsonlib.dumps([r.as_json() for r in rows], indent=2))
         return
@@ -121,8 +96,8 @@ def status(c, json=False, mzp=None, app=None):
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     for r in rows:
-        if r.note:
-            info(f"note: {r.mzp}/{r.app}: {r.note}")
+        if r.notes:
+            info(f"note: {r.key}: " + "; ".join(hinted(n.text, n.remedy, mzp=n.mzp, app=n.app) for n in r.notes))
 
 
 @task(help={"mzp": MZP_HELP, "app": APP_HELP, "out": "where to write the .p12 file (mode 0600)",
@@ -131,7 +106,9 @@ def status(c, json=False, mzp=None, app=None):
 @reports_errors
 def p12(c, mzp, app, out, legacy=False, show_password=False):
     """Write a PKCS#12 bundle of the current key, certificate and chain."""
-    blob, password = credentials().p12(mzp, app, legacy=legacy)
+    from ..bundles import p12 as bundle
+    tk = toolkit()
+    blob, password = bundle(tk.inventory, tk.store, mzp, app, legacy=legacy)
     try:
         _write_private(Path(out), blob)
     except OSError as exc:
@@ -156,7 +133,7 @@ def _read_password(prompt: str) -> str:
 def account(c, mzp):
     """Store the MZP password in Vault, read from a prompt or from stdin (never from arguments)."""
     password = _read_password(f"{mzp} password: ")
-    changed = credentials().set_account_password(mzp, password, now())
+    changed = toolkit().passwords.set_account(mzp, password, now())
     print(f"{mzp}: password {'stored' if changed else 'unchanged (Vault already had it)'}")
 
 
@@ -167,9 +144,10 @@ def account(c, mzp):
 def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
     """Plan, then apply: renew what is due, import what the authority signed, deploy and verify on the hosts."""
     from .. import rotation
-    creds = credentials()
+    tk = toolkit()
     when = now()
-    report = rotation.start(creds, when, mzp=mzp, app=app, dry_run=dry_run, deploy=not no_deploy)
+    report = rotation.start(tk, when, mzp=mzp, app=app, dry_run=dry_run, deploy=not no_deploy,
+                            entry="scripts/inv rotate")
     if report.held:
         print(f"another rotation holds the lock: {report.held.holder}, since {report.held.acquired_at} "
               f"(expires {report.held.expires_at}); nothing done")
@@ -187,17 +165,17 @@ def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
         else:
             print("nothing to do")
         return
-    for line in report.lines:
-        print(f"  {line}")
-    for line in report.failed:
-        print(f"  FAILED {line}", file=sys.stderr)
+    for done in report.applied:
+        print(f"  {hinted(f'{done.key}: {done.describe()}', done.remedy)}")
+    for failure in report.failed:
+        print(f"  FAILED {failure.key}: {failure.error.worded(HINTS)}", file=sys.stderr)
     rc = None
     if report.deploy:
         print(f"deploying {len(report.deploy)} credential(s) to their hosts: {', '.join(report.deploy)}")
-        rc = playbook("deploy.yml", creds.settings, extra={"partnercerts_deploy_only": report.deploy})
-    rotation.finish(creds, report, when, rc, log=info)
+        rc = playbook("deploy.yml", tk.settings, extra={"partnercerts_deploy_only": report.deploy})
+    rotation.finish(tk, report, when, rc, log=info)
     if report.failed:
-        raise Exit(f"error: rotation failed for {', '.join(f.split(':', 1)[0] for f in report.failed)} "
+        raise Exit(f"error: rotation failed for {', '.join(f.key for f in report.failed)} "
                    "(see above); the others were done", code=1)
     if rc:
         raise Exit(f"error: deploying failed on some hosts (ansible-playbook exit {rc}); see the lines above; "
@@ -213,17 +191,10 @@ def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
 @reports_errors
 def submit(c, mzp=None, app=None, resend=False):
     """Submit pending CSRs by each partner's method (e-mail, outbox, sandbox); never twice unless --resend."""
-    creds = credentials()
-    when = now()
-    done = 0
-    for partner, application in creds.inventory.credentials(mzp, app):
-        if creds.store.read_index(partner.mzp, application.name) is None:
-            continue
-        line = creds.submit(partner, application.name, when, resend=resend)
-        if not line.startswith("no pending CSR"):
-            print(f"{partner.mzp}/{application.name}: {line}")
-            done += 1
-    if not done:
+    results = toolkit().submitter.submit_all(now(), mzp, app, resend=resend)
+    for key, result in results:
+        print(hinted(f"{key}: {result.describe()}", result.remedy))
+    if not results:
         print("no pending CSR to submit")
 
 
@@ -233,7 +204,7 @@ def submit(c, mzp=None, app=None, resend=False):
 def smtp_password(c, mzp=None):
     """Store an SMTP password in Vault, read from a prompt or from stdin (never from arguments)."""
     password = _read_password(f"SMTP password{f' for {mzp}' if mzp else ' for notifications'}: ")
-    changed = credentials().set_smtp_password(mzp, password, now())
+    changed = toolkit().passwords.set_smtp(mzp, password, now())
     print(f"SMTP password {'stored' if changed else 'unchanged (Vault already had it)'}")
 
 
@@ -244,14 +215,14 @@ def metrics(c, textfile=None):
     """Print or write Prometheus metrics: expiry, pending age, hosts in sync, last run and success."""
     from .. import rotation
     from ..metrics import render
-    creds = credentials()
+    tk = toolkit()
     when = now()
-    rows = creds.rows(when)
-    target = textfile or creds.inventory.metrics_textfile
+    rows = tk.planner.rows(when)
+    target = textfile or tk.inventory.metrics_textfile
     if target:
-        if not rotation.write_metrics(creds, rows, when, info, path=target):
+        if not rotation.write_metrics(tk, rows, when, info, path=target):
             raise Exit(f"error: --textfile {target}: could not be written; check the directory", code=2)
         info(f"metrics written to {target}")
         return
-    last_run, last_success = rotation.last_runs(creds)
+    last_run, last_success = rotation.last_runs(tk)
     sys.stdout.write(render(rows, now=when, last_run=last_run, last_success=last_success))

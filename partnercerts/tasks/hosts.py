@@ -9,7 +9,7 @@ from invoke.exceptions import Exit
 from ..errors import UserError
 from ..settings import Settings
 from ._ansible import playbook
-from ._common import credentials, info, now, reports_errors
+from ._common import info, now, reports_errors, toolkit
 from .creds import APP_HELP, MZP_HELP
 
 
@@ -51,13 +51,13 @@ def verify(c, limit=None):
 @reports_errors
 def rollback(c, mzp, app, to=None, dry_run=False):
     """Make an earlier certificate current again, in Vault and then on the credential's hosts."""
-    creds = credentials()
+    tk = toolkit()
     if dry_run:
-        rows = creds.rows(now(), mzp, app)
+        rows = tk.planner.rows(now(), mzp, app)
         info(f"{mzp}/{app}: would roll back from serial {rows[0].serial} to {to or 'the previous certificate'}; "
              "nothing was changed")
         return
-    result = creds.rollback(mzp, app, now(), to)
+    result = tk.importer.rollback(mzp, app, now(), to)
     print(f"{mzp}/{app}: serial {result.serial} (valid until {result.not_after}) is current again in Vault")
     _run("deploy.yml", extra={"partnercerts_deploy_only": [f"{mzp}/{app}"]})
 

@@ -14,7 +14,7 @@ from invoke import task
 
 from .. import policies
 from ..embedded import Embedded
-from ..errors import UserError
+from ..errors import Error, UserError
 from ..settings import Settings
 from ..store import Store
 from ..vault import connect, unreachable
@@ -115,7 +115,7 @@ def _enable_approle(client, mount: str, addr: str) -> str:
             with _asking(addr, f"enabling the AppRole auth method (POST sys/auth/{mount})"):
                 client.sys.enable_auth_method("approle", path=mount)
             return f"AppRole auth method at '{mount}/' enabled"
-        except UserError:
+        except Error:
             found = methods().get(f"{mount}/")  # enabled meanwhile by another run?
             if found is None:
                 raise

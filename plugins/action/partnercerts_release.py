@@ -15,7 +15,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from partnercerts import certs, deploy, keys  # noqa: E402
-from partnercerts.errors import UserError  # noqa: E402
+from partnercerts.errors import Error  # noqa: E402
+from partnercerts.tasks._hints import HINTS  # noqa: E402 - TODO collection hints
 from partnercerts.settings import Settings  # noqa: E402
 from partnercerts.store import Store  # noqa: E402
 from partnercerts.vault import connect  # noqa: E402
@@ -88,8 +89,8 @@ class ActionModule(ActionBase):
                 if problems:
                     module["failed"] = True
                     module["msg"] = f"{mzp}/{app} in {args.get('dest')}: " + "; ".join(problems)
-        except UserError as exc:
-            raise AnsibleActionFail(str(exc)) from None
+        except Error as exc:
+            raise AnsibleActionFail(exc.worded(HINTS)) from None
         result.update(module)
         result["partnercerts"] = {"mzp": mzp, "app": app, "state": state}
         return result

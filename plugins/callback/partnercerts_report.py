@@ -122,14 +122,15 @@ class CallbackModule(CallbackBase):
             self._display.warning("partnercerts: could not record host sync in Vault: %s" % type(exc).__name__)
 
     def _write(self, now):
-        from partnercerts.credentials import Credentials
+        from partnercerts.hostreports import Checked
         from partnercerts.inventory import Inventory
         from partnercerts.settings import Settings
         from partnercerts.store import Store
+        from partnercerts.toolkit import Toolkit
         from partnercerts.vault import connect
 
         settings = Settings.from_env()
-        creds = Credentials(settings, Inventory(path=settings.inventory), Store(connect(settings), settings))
+        tk = Toolkit(settings, Inventory(path=settings.inventory), Store(connect(settings), settings))
         keys = set(self.host_creds) | set(self.reports)
         if self.only:
             keys &= self.only | set(self.reports)
@@ -137,4 +138,5 @@ class CallbackModule(CallbackBase):
             reports = self.reports.get(key, {})
             hosts = self.host_creds.get(key, set())
             if reports or not hosts:
-                creds.record_hosts(key[0], key[1], reports, hosts | set(reports), now)
+                tk.hosts.record(key[0], key[1], {h: Checked.from_result(r) for h, r in reports.items()},
+                                hosts | set(reports), now)

@@ -86,8 +86,8 @@ def store_settings(env):
 def test_racing_csr_commands_make_one_key(bao, mount, env, inventory, chaos):
     """`csr` (which takes no lock) racing itself or a rotation: one key is created, the others get it back."""
     from partnercerts import inventory as inventory_mod
-    from partnercerts.credentials import Credentials
-    from partnercerts.errors import UserError
+    from partnercerts.errors import Error
+    from partnercerts.toolkit import Toolkit
     record = chaos("concurrency: csr race (4 contenders)")
     settings = Settings.from_env(env)
     inv = inventory_mod.load(settings.inventory)
@@ -97,7 +97,7 @@ def test_racing_csr_commands_make_one_key(bao, mount, env, inventory, chaos):
     for i in range(rounds):
         app = "fleet" if i % 2 == 0 else "big"
         mzp = "MZP654321"
-        creds = [Credentials(settings, inv, Store(bao.client(), Settings.from_env(dict(env, PARTNERCERTS_PREFIX=f"r{i}"))))
+        creds = [Toolkit(settings, inv, Store(bao.client(), Settings.from_env(dict(env, PARTNERCERTS_PREFIX=f"r{i}"))))
                  for _ in range(contenders)]
         barrier = threading.Barrier(contenders)
         results = []
@@ -105,8 +105,8 @@ def test_racing_csr_commands_make_one_key(bao, mount, env, inventory, chaos):
         def contend(c):
             barrier.wait()
             try:
-                results.append(c.make_csr(mzp, app, now))
-            except UserError as exc:
+                results.append(c.pending.make_csr(mzp, app, now))
+            except Error as exc:
                 results.append(exc)
 
         threads = [threading.Thread(target=contend, args=(c,)) for c in creds]

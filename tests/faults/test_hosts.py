@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from partnercerts import inventory as inventory_mod
-from partnercerts.credentials import Credentials
+from partnercerts.toolkit import Toolkit
 from partnercerts.settings import Settings
 from partnercerts.store import Store
 from partnercerts.vault import connect
@@ -70,17 +70,17 @@ class Fleet:
         self.names = [h.name for h in ssh_hosts.hosts]
         self.dest = f"{root}/{APP}"
 
-    def creds(self) -> Credentials:
+    def creds(self) -> Toolkit:
         env = self.w.env()
         settings = Settings.from_env(env)
-        return Credentials(settings, inventory_mod.load(settings.inventory), Store(connect(settings, env), settings))
+        return Toolkit(settings, inventory_mod.load(settings.inventory), Store(connect(settings, env), settings))
 
     def renew(self) -> str:
         """A new key and certificate in Vault (sandbox authority), hosts untouched; returns its serial."""
         creds = self.creds()
         now = dt.datetime.now(dt.timezone.utc)
-        creds.make_csr(MZP, APP, now, force=True)
-        creds.submit(creds.inventory.partner(MZP), APP, now)
+        creds.pending.make_csr(MZP, APP, now, force=True)
+        creds.submitter.submit(creds.inventory.partner(MZP), APP, now)
         return self.vault_serial()
 
     def vault_serial(self) -> str:

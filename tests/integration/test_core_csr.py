@@ -93,9 +93,9 @@ def test_a_run_that_loses_the_race_never_overwrites_the_winners_key(env, bao, ra
     import datetime as dt
 
     from partnercerts import inventory
-    from partnercerts.credentials import Credentials
     from partnercerts.settings import Settings
     from partnercerts.store import Store
+    from partnercerts.toolkit import Toolkit
 
     settings = Settings.from_env(env)
     inv = inventory.load(settings.inventory)
@@ -109,10 +109,10 @@ def test_a_run_that_loses_the_race_never_overwrites_the_winners_key(env, bao, ra
             rec = super().read(path)
             if path.endswith("/pending") and not self.fired:
                 self.fired = True
-                Credentials(settings, inv, Store(bao.client(), settings)).make_csr("MZP654321", "fleet", now)
+                Toolkit(settings, inv, Store(bao.client(), settings)).pending.make_csr("MZP654321", "fleet", now)
             return rec
 
-    got = Credentials(settings, inv, Racing(bao.client(), settings)).make_csr("MZP654321", "fleet", now)
+    got = Toolkit(settings, inv, Racing(bao.client(), settings)).pending.make_csr("MZP654321", "fleet", now)
     pending = raw.read(f"{CRED}/pending")
     assert pending["metadata"]["version"] == 1
     assert got.created is False and got.key_sha256 == pending["data"]["key_sha256"]

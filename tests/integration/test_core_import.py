@@ -153,7 +153,8 @@ def test_gate_refusals_leave_vault_unchanged(cli, raw, tmp_path, case, match):
     elif case != "no_client_id":
         args += ["--client-id", "cid-1"]
     r = cli(*args, ok=False)
-    assert r.rc == 2, r.text
+    # A bad argument or file is the user's (exit 2); a certificate the gate refuses is a gate refusal (exit 6).
+    assert r.rc == (2 if case in ("missing_file", "bad_client_id", "no_client_id") else 6), r.text
     assert match in r.err
     assert r.err.count("\n") == 1 and r.err.startswith("error: ")
     assert raw.snapshot() == before

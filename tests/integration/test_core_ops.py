@@ -137,7 +137,7 @@ def test_missing_mount_names_the_bootstrap_command_which_fixes_it(cli, bao):
     env = {"PARTNERCERTS_KV_MOUNT": "nomount" + os.urandom(3).hex()}
     for cmd in (["status"], ["rotate"], ["csr", "--mzp", "MZP654321", "--app", "fleet"]):
         r = cli(*cmd, ok=False, env=env)
-        assert r.rc == 2 and "scripts/inv vault.bootstrap" in r.err, r.err
+        assert r.rc == 4 and "scripts/inv vault.bootstrap" in r.err, r.err
     assert "enabled" in cli("vault.bootstrap", env=env).out
     assert "already enabled" in cli("vault.bootstrap", env=env).out
     cli("status", env=env)
@@ -163,7 +163,7 @@ def test_vault_credentials_from_token_file_and_approle(cli, bao, mount, env):
     cli("rotate", "--mzp", "MZP654321", "--app", "fleet",
         env={"VAULT_TOKEN": "", "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id})
     r = cli("status", ok=False, env={"VAULT_TOKEN": "", "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": "wrong"})
-    assert r.rc == 2 and "refused the AppRole login" in r.err
+    assert r.rc == 4 and "refused the AppRole login" in r.err
     r = cli("status", ok=False, env={"VAULT_CACERT": "/nonexistent/ca.pem"})
     assert r.rc == 2 and "VAULT_CACERT=/nonexistent/ca.pem" in r.err
 
@@ -172,7 +172,7 @@ def test_unreachable_vault_is_one_clear_line(cli):
     import time
     t0 = time.monotonic()
     r = cli("status", ok=False, env={"VAULT_ADDR": "http://127.0.0.1:1", "PARTNERCERTS_VAULT_RETRY_SECONDS": "2"})
-    assert r.rc == 2 and "unreachable" in r.err and r.err.count("\n") == 1
+    assert r.rc == 4 and "unreachable" in r.err and r.err.count("\n") == 1
     assert 1 <= time.monotonic() - t0 < 10  # retried within its budget, then gave up
 
 

@@ -31,10 +31,11 @@ PLANTED = ("Us3rInf0Pa55", "0ffL1stT0k3n", "PlainHttpT0k3n")
 
 
 def refusal(r, item: make_corpus.Item, *names: str) -> list[str]:
-    """What is wrong with a refusal: [] when it is exit 2 with one clear line naming one of `names`."""
+    """What is wrong with a refusal: [] when it is exit 2 (bad input) or 6 (the gate refused the certificate)
+    with one clear line naming one of `names`."""
     problems = []
-    if r.rc != 2:
-        problems.append(f"exit {r.rc}, not 2")
+    if r.rc not in (2, 6):
+        problems.append(f"exit {r.rc}, not 2 or 6")
     lines = r.err.splitlines()
     warnings = [line for line in lines if line.startswith("warning: ")]
     errors = [line for line in lines if not line.startswith("warning: ")]

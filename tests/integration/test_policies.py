@@ -226,18 +226,18 @@ def test_deployer_deploys_and_verifies_a_host(cli, raw, rotated, roles, inventor
 
 def test_deployer_records_hosts_and_refreshes_the_index(env, bao, mount, raw, rotated, roles):
     from partnercerts import inventory
-    from partnercerts.credentials import Credentials
     from partnercerts.settings import Settings
+    from partnercerts.hostreports import Checked
     from partnercerts.store import Store
+    from partnercerts.toolkit import Toolkit
     from partnercerts.vault import connect
 
     e = {**env, **roles["deployer"]}
     settings = Settings.from_env(e)
-    creds = Credentials(settings, inventory.load(settings.inventory), Store(connect(settings, e), settings))
+    tk = Toolkit(settings, inventory.load(settings.inventory), Store(connect(settings, e), settings))
     pending_since = raw.meta(f"{CRED}/current")["custom_metadata"]["pending_since"]
-    report = {"in_sync": True, "serial": rotated["serial"], "fingerprint_sha256": rotated["fingerprint_sha256"],
-              "drift": []}
-    index = creds.record_hosts("MZP654321", "fleet", {"web1": report}, {"web1"}, dt.datetime.now(dt.timezone.utc))
+    report = Checked(in_sync=True, serial=rotated["serial"], fingerprint_sha256=rotated["fingerprint_sha256"])
+    index = tk.hosts.record("MZP654321", "fleet", {"web1": report}, {"web1"}, dt.datetime.now(dt.timezone.utc))
     assert (index.hosts_total, index.hosts_in_sync) == ("1", "1")
     meta = raw.meta(f"{CRED}/current")
     assert meta["custom_metadata"]["pending_since"] == pending_since  # kept from the index, not read from pending

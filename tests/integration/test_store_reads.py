@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from partnercerts.errors import UserError
+from partnercerts.errors import VaultDenied, VaultUnavailable
 from partnercerts.settings import Settings
 from partnercerts.store import KeepAliveReader, Store
 from partnercerts.vault import connect
@@ -120,7 +120,7 @@ def test_a_denied_read_says_the_same_as_through_hvac(bao, mount):
     store = store_for(bao.addr, token, mount)
     assert store._reader is not None
     assert store.read_index("MZP700000", "fleet")[0].serial == "S0"  # metadata: allowed
-    with pytest.raises(UserError, match=rf"denied GET {mount}/data/partnercerts/MZP700000/apps/fleet/current"):
+    with pytest.raises(VaultDenied, match=rf"denied GET {mount}/data/partnercerts/MZP700000/apps/fleet/current"):
         store.read("partnercerts/MZP700000/apps/fleet/current")
 
 
@@ -134,7 +134,7 @@ def test_no_lean_reads_through_a_proxy_or_with_a_client_certificate(bao, monkeyp
 
 def test_vault_down_is_reported_as_before(mount):
     store = store_for(f"http://127.0.0.1:{free_port()}", "t", mount)
-    with pytest.raises(UserError, match="is unreachable"):
+    with pytest.raises(VaultUnavailable, match="is unreachable"):
         store.read_indexes([("MZP700000", "fleet"), ("MZP700001", "fleet")])
 
 

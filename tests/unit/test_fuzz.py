@@ -2,7 +2,7 @@
 (`certs.load_bundle` + `certs.gate`) and the inventory loader (`inventory.load`).
 
 Properties, for every generated input:
-  * nothing but a UserError ever escapes (no crash, no "unexpected ValueError"), and its message is
+  * nothing but one of our errors (GateRefusal from the gate, UserError from the inventory) ever escapes (no crash, no "unexpected ValueError"), and its message is
     one line of bounded length;
   * the gate never accepts a certificate for another key than the pending one, and on well-formed
     certificates it decides exactly as an independent model of the rules (`expected_refusal`);
@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from partnercerts import certs, inventory
-from partnercerts.errors import UserError
+from partnercerts.errors import Error, GateRefusal, UserError
 from partnercerts.keys import spki_sha256
 from partnercerts.profile import APP_RE, MAX_LEN, MZP_RE
 
@@ -70,7 +70,7 @@ class Budget:
         return False
 
 
-def assert_one_line(exc: UserError) -> None:
+def assert_one_line(exc: Error) -> None:
     text = str(exc)
     assert "\n" not in text and "\r" not in text, f"message is not one line: {text[:300]!r}"
     assert 0 < len(text) <= MAX_MESSAGE, f"message is {len(text)} characters: {text[:300]!r}"
@@ -247,7 +247,7 @@ def test_the_gate_decides_like_the_rules_and_never_accepts_another_key(case, gat
     event(f"expected: {why or 'accepted'}")  # --hypothesis-show-statistics shows the spread of outcomes
     try:
         accepted = gate(data, anchors)
-    except UserError as exc:
+    except GateRefusal as exc:
         assert_one_line(exc)
         assert why is not None, f"refused a certificate the rules accept: {exc}"
         assert why in str(exc), f"refused for another reason than {why!r}: {exc}"
@@ -344,7 +344,7 @@ def test_broken_and_mutated_bytes_raise_only_user_errors_and_never_pass_another_
     for anchors in ([pki().ca], []):
         try:
             accepted = gate(data, anchors)
-        except UserError as exc:
+        except GateRefusal as exc:
             assert_one_line(exc)
             continue
         # Whatever got through is for the pending key and, with the CA given, really signed by it.

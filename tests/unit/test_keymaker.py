@@ -1,9 +1,9 @@
-"""credentials.KeyMaker: the keys of a rotation run made ahead in worker processes, in plan order."""
+"""keymaker.KeyMaker: the keys of a rotation run made ahead in worker processes, in plan order."""
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from partnercerts import keys
-from partnercerts.credentials import KeyMaker
+from partnercerts.keymaker import KeyMaker
 from partnercerts.profile import Subject
 
 SUBJECT = Subject("MZP123456", "FR", "Île-de-France", "Paris", "Free2Move, SAS", "pki@free2move.example")

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from partnercerts import metrics
-from partnercerts.credentials import Row
+from partnercerts.planner import Row
 from partnercerts.errors import UserError
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)

@@ -1,0 +1,84 @@
+"""The credential index (custom metadata of `current`): derived from the records, read by status and the plan."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from .inventory import Application, Partner
+from .pending import settle_if_imported
+from .store import Hosts, Index, Issued, Pending, Store, Versioned, iso
+
+# (index or None, whether it is stale), by "MZP/app"
+Found = dict[str, tuple[Index | None, bool]]
+
+
+def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Hosts | None, now: dt.datetime) -> Index:
+    """The index a credential's records give (no Vault access: the records are passed in)."""
+    from . import certs
+    index = Index()
+    if cur is not None:
+        anchors = certs.from_pem(cur.ca_pem)
+        index = Index(serial=cur.serial, not_before=cur.not_before, not_after=cur.not_after,
+                      client_id=cur.client_id, fingerprint_sha256=cur.fingerprint_sha256,
+                      key_sha256=cur.key_sha256,
+                      ca_fingerprint_sha256=certs.fingerprint(anchors[0]) if anchors else "",
+                      key_spec=cur.key_spec, current_version=str(version),
+                      turnarounds=",".join(str(t) for t in cur.turnarounds))
+    if pend is not None:
+        index.pending_since = pend.created_at
+        index.pending_submitted_at = pend.submitted_at
+        index.pending_submission = pend.submission
+        index.key_spec = index.key_spec or pend.key_spec
+    if hosts is not None:
+        index.hosts_total = str(len(hosts.hosts))
+        index.hosts_in_sync = str(sum(1 for h in hosts.hosts.values()
+                                      if h.in_sync and h.fingerprint_sha256 == index.fingerprint_sha256))
+        index.hosts_checked_at = hosts.checked_at
+    index.updated_at = iso(now)
+    return index
+
+
+class Indexer:
+    def __init__(self, store: Store):
+        self.store = store
+        self.written: set[tuple[str, str]] = set()  # credentials whose index this run wrote
+
+    def reindex(self, mzp: str, app: str, now: dt.datetime, pending_from_index: bool = False) -> Index:
+        """Derive the index from the records themselves and write it (repairs a stale index).
+
+        pending_from_index: for the deployer, whose policy may not read pending keys: the pending
+        fields are carried over from the existing index, and only custom metadata is written
+        (its policy may not change max_versions).
+        """
+        cur = self.store.current(mzp, app)
+        pend: Versioned[Pending] | None = None
+        if not pending_from_index:
+            pend = self.store.live_pending(mzp, app)
+            if pend and settle_if_imported(self.store, mzp, app, pend, cur, now):
+                # An import that died after writing `current` but before its tombstone: settled, or
+                # the credential would wait for the authority forever and never be renewed.
+                pend = None
+        hosts = self.store.hosts(mzp, app)
+        index = index_of(cur.record if cur else None, cur.version if cur else 0,
+                         pend.record if pend else None, hosts.record if hosts else None, now)
+        if pending_from_index:
+            found = self.store.read_index(mzp, app)
+            index.carry_pending(found[0] if found else Index())
+        self.store.write_index(mzp, app, index, custom_only=pending_from_index)
+        self.written.add((mzp, app))
+        return index
+
+    def indexes(self, pairs: Iterable[tuple[Partner, Application]], cached: Found | None = None) -> Found:
+        """Index of each (partner, application), and whether it is stale; `cached` entries are reused."""
+        out: Found = {}
+        todo = []
+        for partner, application in pairs:
+            key = f"{partner.mzp}/{application.name}"
+            if cached is not None and key in cached:
+                out[key] = cached[key]
+            else:
+                out[key] = (None, False)  # keeps the inventory's order
+                todo.append((partner.mzp, application.name))
+        for (mzp, app), found in zip(todo, self.store.read_indexes(todo)):
+            out[f"{mzp}/{app}"] = (found[0], found[0].current_version != str(found[1])) if found else (None, False)
+        return out

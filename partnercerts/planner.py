@@ -1,0 +1,124 @@
+"""Status rows and the rotation plan, from the index in custom metadata alone: never secret data."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from .errors import Remedy
+from .indexer import Found, Indexer
+from .inventory import Application, Inventory, Partner
+from .keymaker import KeyMaker
+from .lifecycle import Action, Step, days_left, plan_one, state_of
+from .pending import PendingKeys
+from .store import Index, Store
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the operator should know about a credential, and what would act on it (worded by the edge)."""
+
+    text: str
+    remedy: Remedy | None = None
+    mzp: str = ""
+    app: str = ""
+
+
+@dataclass
+class Row:
+    mzp: str
+    app: str
+    client_id: str
+    state: str
+    serial: str
+    not_after: str
+    days_left: int | None
+    pending_since: str
+    hosts_in_sync: int | None = None
+    hosts_total: int | None = None
+    pending_submitted_at: str = ""
+    pending_age_days: int | None = None
+    turnaround_median_days: float | None = None
+    notes: list[Note] = field(default_factory=list, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.mzp}/{self.app}"
+
+    def as_json(self) -> dict:
+        return {"mzp": self.mzp, "app": self.app, "client_id": self.client_id or None, "state": self.state,
+                "serial": self.serial or None, "not_after": self.not_after or None, "days_left": self.days_left,
+                "pending_since": self.pending_since or None, "hosts_in_sync": self.hosts_in_sync,
+                "hosts_total": self.hosts_total, "pending_submitted_at": self.pending_submitted_at or None,
+                "pending_age_days": self.pending_age_days, "turnaround_median_days": self.turnaround_median_days}
+
+
+def median_days(turnarounds: str) -> float | None:
+    """Median of the comma-separated turnaround seconds kept in the index, in days."""
+    values = sorted(int(t) for t in turnarounds.split(",") if t.strip().lstrip("-").isdigit())
+    if not values:
+        return None
+    mid = len(values) // 2
+    seconds = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return round(seconds / 86400, 1)
+
+
+def row_of(partner: Partner, application: Application, index: Index | None, stale: bool, now: dt.datetime) -> Row:
+    """One status row from one index (no Vault access)."""
+    mzp, app = partner.mzp, application.name
+    notes = [Note("index is stale", Remedy.ROTATE, mzp, app)] if stale else []
+    if index is None:
+        return Row(mzp, app, "", state_of(None, now, partner.renew_before_days).value, "", "", None, "", notes=notes)
+    since = index.pending_since_dt()
+    age = (now - since).days if since else None
+    turnaround = median_days(index.turnarounds)
+    if turnaround is not None and turnaround + partner.deploy_window_days > partner.renew_before_days:
+        notes.append(Note(f"the authority's median turnaround ({turnaround} days) plus the deploy window "
+                          f"({partner.deploy_window_days} days) no longer fits in renew_before_days "
+                          f"({partner.renew_before_days}); raise renew_before_days in {partner.source}"))
+    if age is not None and age >= partner.pending_reminder_days:
+        notes.append(Note(f"CSR pending for {age} days (reminder after {partner.pending_reminder_days}); "
+                          "chase the authority, then import the reply", Remedy.IMPORT_REPLY, mzp, app))
+    synced = bool(index.hosts_total)
+    return Row(mzp, app, index.client_id, state_of(index, now, partner.renew_before_days).value, index.serial,
+               index.not_after, days_left(now, index.not_after_dt()), index.pending_since,
+               int(index.hosts_in_sync or 0) if synced else None, int(index.hosts_total) if synced else None,
+               index.pending_submitted_at, age, turnaround, notes)
+
+
+class Planner:
+    def __init__(self, inventory: Inventory, store: Store, index: Indexer, pending: PendingKeys):
+        self.inventory = inventory
+        self.store = store
+        self.index = index
+        self.pending = pending
+        self.last_indexes: Found = {}  # what the last plan read, for rows(cached=...)
+
+    def rows(self, now: dt.datetime, mzp: str | None = None, app: str | None = None,
+             cached: Found | None = None) -> list[Row]:
+        """One row per credential from the index in custom metadata only; never reads secret data."""
+        creds = self.inventory.credentials(mzp, app)
+        self.store.check_mount()
+        found = self.index.indexes(creds, cached)
+        return [row_of(p, a, *found[f"{p.mzp}/{a.name}"], now) for p, a in creds]
+
+    def plan(self, now: dt.datetime, mzp: str | None = None, app: str | None = None) -> list[Step]:
+        """One step per credential, from the index alone; a stale index is repaired first.
+        The indexes read are kept in `last_indexes` for `rows(cached=...)`."""
+        creds = self.inventory.credentials(mzp, app)
+        self.store.check_mount()
+        found = self.index.indexes(creds)
+        steps = []
+        for partner, application in creds:
+            key = f"{partner.mzp}/{application.name}"
+            index, stale = found[key]
+            if stale:
+                index = self.index.reindex(partner.mzp, application.name, now)
+                found[key] = (index, False)
+            steps.append(plan_one(partner.mzp, application.name, index, now, partner.renew_before_days))
+        self.last_indexes = found
+        # The keys this plan will make, made ahead in parallel processes once the first is asked for
+        # (never in a dry run, which asks for none).
+        specs = {(p.mzp, a.name): (a.key_spec, p.subject) for p, a in creds}
+        self.pending.keys = KeyMaker([(s.mzp, s.app, *specs[(s.mzp, s.app)]) for s in steps
+                                      if s.action in (Action.ISSUE, Action.RENEW)])
+        return steps

@@ -1,0 +1,44 @@
+"""Where an imported certificate comes from: a file, a download link, or a saved reply e-mail."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .importer import Source
+from .settings import Settings
+
+
+@dataclass
+class Resolved:
+    cert: Source
+    ca: Source | None = None
+    client_id: str | None = None
+    problems: list[str] = field(default_factory=list)  # what a reply e-mail held that was not used, and why
+
+
+def resolve(settings: Settings, *, cert: str | None = None, url: str | None = None, eml: str | None = None,
+            ca: str | None = None, client_id: str | None = None) -> Resolved:
+    """Read the one source given (and the CA file); links obey the HTTPS-only, allowed-hosts and size rules."""
+    from . import certs, reply
+    if sum(x is not None for x in (cert, url, eml)) != 1:
+        raise UserError("give exactly one of --cert FILE, --url LINK or --eml FILE")
+    limit = settings.max_input_bytes
+
+    def download(link: str) -> Source:
+        data = reply.fetch(link, max_bytes=limit, allowed_hosts=list(settings.download_hosts),
+                           cafile=settings.download_cafile)
+        return Source(data, reply.shown_url(link))
+
+    ca_source = Source(certs.read_file(ca, limit), ca) if ca else None
+    if cert:
+        return Resolved(Source(certs.read_file(cert, limit), cert), ca_source, client_id)
+    if url:
+        return Resolved(download(url), ca_source, client_id)
+    assert eml is not None
+    found = reply.parse_eml(certs.read_file(eml, settings.max_eml_bytes), max_bytes=settings.max_eml_bytes, source=eml)
+    got = Source(found.cert, f"{eml} (attachment)") if found.cert is not None else download(found.cert_url)
+    if ca_source is None and found.ca is not None:
+        ca_source = Source(found.ca, f"{eml} (CA attachment)")
+    elif ca_source is None and found.ca_url:
+        ca_source = download(found.ca_url)
+    return Resolved(got, ca_source, client_id or found.client_id, list(found.problems))
