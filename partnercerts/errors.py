@@ -16,7 +16,7 @@ hvac and requests exceptions are translated into this tree in one place (`partne
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 class Remedy(str, enum.Enum):
@@ -49,19 +49,24 @@ class Error(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def worded(self, hints: Mapping[Remedy, str]) -> str:
+    def worded(self, hints: "Hints") -> str:
         """The message with the remedy in the words of one edge (`hints`: Remedy -> format string)."""
         return with_hint(self.message, self.remedy, hints, self.context)
 
 
-def with_hint(message: str, remedy: Remedy | None, hints: Mapping[Remedy, str], context: Mapping[str, str]) -> str:
+Hints = Mapping[Remedy, "str | Callable[[Mapping[str, str]], str]"]
+
+
+def with_hint(message: str, remedy: Remedy | None, hints: Hints, context: Mapping[str, str]) -> str:
+    """`message`, then the remedy as `hints` words it: a format string of the context, or a function of it."""
     template = hints.get(remedy) if remedy is not None else None
     if not template:
         return message
     try:
-        return f"{message}; {template.format(**context)}"
+        hint = template(context) if callable(template) else template.format(**context)
     except (KeyError, IndexError):
         return message
+    return f"{message}; {hint}" if message else hint
 
 
 class UserError(Error):

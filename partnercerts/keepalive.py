@@ -124,64 +124,8 @@ class KeepAliveReader:
         self.sock = self.rfile = None
 
     # -- one GET --------------------------------------------------------------------------------
-    def _line(self) -> bytes:
-        line = self.rfile.readline(_MAX_LINE + 1)
-        if not line.endswith(b"\r\n") or len(line) > _MAX_LINE:
-            raise _Unexpected("truncated or overlong line")
-        return line[:-2]
-
     def _response(self) -> tuple[int, bytes, bool]:
-        """Status, body and whether the server closes the connection after it."""
-        parts = self._line().split(None, 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1].isdigit():
-            raise _Unexpected("not an HTTP/1.x status line")
-        status = int(parts[1])
-        length, chunked, close = None, False, parts[0] == b"HTTP/1.0"
-        for _ in range(_MAX_HEADERS + 1):
-            line = self._line()
-            if not line:
-                break
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise _Unexpected("malformed header")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise _Unexpected("bad Content-Length")
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = value == b"chunked"
-                if not chunked:
-                    raise _Unexpected("unsupported Transfer-Encoding")
-            elif name == b"connection":
-                close = close or b"close" in value
-        else:
-            raise _Unexpected("too many headers")
-        if status < 200 or status in (204, 304):
-            raise _Unexpected("informational or bodiless response")
-        if chunked:
-            body = bytearray()
-            while True:
-                size = self._line().split(b";", 1)[0].strip()
-                try:
-                    n = int(size, 16)
-                except ValueError:
-                    raise _Unexpected("bad chunk size") from None
-                if n == 0:
-                    while self._line():  # trailers
-                        pass
-                    break
-                chunk = self.rfile.read(n + 2)
-                if len(chunk) != n + 2 or not chunk.endswith(b"\r\n"):
-                    raise _Unexpected("truncated chunk")
-                body += chunk[:-2]
-            return status, bytes(body), close
-        if length is None:
-            raise _Unexpected("body without a length")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise _Unexpected("truncated body")
-        return status, body, close
+        return read_response(self.rfile)
 
     def _request(self, url: str) -> bytes | None:
         """The bytes of one GET, or None when it must go through the adapter (unusual path or token)."""
@@ -262,3 +206,65 @@ class KeepAliveReader:
                     return [DELEGATE]
             return got
         return [DELEGATE] * len(urls)
+
+
+def _line(rfile) -> bytes:
+    line = rfile.readline(_MAX_LINE + 1)
+    if not line.endswith(b"\r\n") or len(line) > _MAX_LINE:
+        raise _Unexpected("truncated or overlong line")
+    return line[:-2]
+
+
+def read_response(rfile) -> tuple[int, bytes, bool]:
+    """Status, body and whether the server closes the connection after it."""
+    parts = _line(rfile).split(None, 2)
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1].isdigit():
+        raise _Unexpected("not an HTTP/1.x status line")
+    status = int(parts[1])
+    length, chunked, close = None, False, parts[0] == b"HTTP/1.0"
+    for _ in range(_MAX_HEADERS + 1):
+        line = _line(rfile)
+        if not line:
+            break
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise _Unexpected("malformed header")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise _Unexpected("bad Content-Length")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = value == b"chunked"
+            if not chunked:
+                raise _Unexpected("unsupported Transfer-Encoding")
+        elif name == b"connection":
+            close = close or b"close" in value
+    else:
+        raise _Unexpected("too many headers")
+    if status < 200 or status in (204, 304):
+        raise _Unexpected("informational or bodiless response")
+    if chunked:
+        body = bytearray()
+        while True:
+            size = _line(rfile).split(b";", 1)[0].strip()
+            try:
+                n = int(size, 16)
+            except ValueError:
+                raise _Unexpected("bad chunk size") from None
+            if n == 0:
+                while _line(rfile):  # trailers
+                    pass
+                break
+            chunk = rfile.read(n + 2)
+            if len(chunk) != n + 2 or not chunk.endswith(b"\r\n"):
+                raise _Unexpected("truncated chunk")
+            body += chunk[:-2]
+        return status, bytes(body), close
+    if length is None:
+        raise _Unexpected("body without a length")
+    body = rfile.read(length)
+    if len(body) != length:
+        raise _Unexpected("truncated body")
+    return status, body, close
+

@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from .errors import Error, ServiceFailure, UserError, names, shown
+from .errors import Error, Remedy, ServiceFailure, UserError, names, shown
 
 SECURITY = ("starttls", "tls", "none")
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
@@ -61,7 +61,7 @@ class SmtpConfig:
             raise UserError(f"{where}: must be a mapping with host (port, security, user, cafile)")
         if "password" in raw:
             raise UserError(f"{where}: field 'password' is not allowed in the inventory; remove it and keep the "
-                            "SMTP password in Vault (scripts/inv smtp-password)")
+                            "SMTP password in Vault", remedy=Remedy.STORE_SMTP_PASSWORD)
         unknown = set(raw) - set(SMTP_KEYS)
         if unknown:
             raise UserError(f"{where}: unknown field(s) {names(unknown)}; "
@@ -134,8 +134,8 @@ def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
     smtp.login(user, password)
 
 
-def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str:
-    """Send one message; returns its Message-ID (one is set when the message has none)."""
+def _prepare(config: SmtpConfig, message: EmailMessage, password: str | None) -> str:
+    """Refuse what cannot be sent safely, before connecting; set Message-ID and Date; return the Message-ID."""
     server = config.server
     if config.security not in SECURITY:
         raise UserError(f"SMTP server {server}: security {config.security!r} is not one of {', '.join(SECURITY)}")
@@ -143,7 +143,7 @@ def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str
         raise _clear_refused(config.host, f"SMTP server {server}")
     if config.user and not password:
         raise UserError(f"SMTP server {server}: user {config.user!r} is set but no password was given; "
-                        "store it in Vault (scripts/inv smtp-password)")
+                        "store it in Vault", remedy=Remedy.STORE_SMTP_PASSWORD)
     sender = email.utils.parseaddr(message.get("From") or "")[1]
     if not sender or not any(message.get_all(h) for h in ("To", "Cc", "Bcc")):
         raise UserError(f"SMTP server {server}: the message needs a From and at least one recipient")
@@ -151,7 +151,13 @@ def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str
         message["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or "localhost")
     if message.get("Date") is None:
         message["Date"] = email.utils.formatdate(usegmt=True)
-    message_id = str(message["Message-ID"])
+    return str(message["Message-ID"])
+
+
+def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str:
+    """Send one message; returns its Message-ID (one is set when the message has none)."""
+    message_id = _prepare(config, message, password)
+    server = config.server
     ctx = _tls_context(config) if config.security != "none" else None
 
     def fail(cause: str) -> ServiceFailure:

@@ -251,7 +251,7 @@ def body(public: list[dict]) -> str:
         lines.append(f"    at: {e['at']}")
         lines.extend(f"    {k}: {_show(v)}" for k, v in e["details"].items())
         lines.append("")
-    lines.append(f"Sent by partnercerts on {socket.gethostname()}; scripts/inv status shows every credential.")
+    lines.append(f"Sent by partnercerts on {socket.gethostname()}; its status command lists every credential.")
     return "\n".join(lines) + "\n"
 
 

@@ -315,7 +315,9 @@ class Index:
         self.key_spec = self.key_spec or other.key_spec
 
 
-class Store:
+class KV:
+    """Raw KV v2 under one mount: reads (pipelined where possible), check-and-set writes, listings, custom metadata."""
+
     def __init__(self, client: hvac.Client, settings: Settings):
         self.client = client
         self.mount = settings.kv_mount
@@ -323,6 +325,73 @@ class Store:
         self.addr = client.adapter.base_uri
         self._reader = KeepAliveReader.for_client(client)
         self._mount_checked = False
+
+    # -- raw KV v2 ------------------------------------------------------------------
+    def _call(self, method: str, url: str, **kw):
+        if method == "get" and self._reader is not None and not kw:
+            found = self._reader.get(url)
+            if found is not DELEGATE:
+                return found
+        return self._adapter_call(method, url, **kw)
+
+    def _adapter_call(self, method: str, url: str, **kw):
+        with translated(self.addr, f"{method.upper()} {url.removeprefix('/v1/')}"):
+            try:
+                return getattr(self.client.adapter, method)(url, **kw)
+            except hvac.exceptions.InvalidPath:
+                return None
+
+    def check_mount(self) -> None:
+        """Fail early, with the fix, when the KV v2 mount is missing or is not version 2 (checked once per Store)."""
+        if self._mount_checked:
+            return
+        with translated(self.addr, "the mount check", mount=self.mount):
+            try:
+                resp = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
+            except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+                resp = None  # Vault answers 403 for a mount that does not exist, even to root
+        data = (resp or {}).get("data") if isinstance(resp, dict) else None
+        if not data or data.get("type") not in ("kv", "generic") or data.get("path", "").strip("/") != self.mount:
+            raise NotSetUp(f"KV v2 mount '{self.mount}' does not exist at {self.addr} (or this token may not use it); "
+                           "create it, or set PARTNERCERTS_KV_MOUNT to an existing one", remedy=Remedy.BOOTSTRAP)
+        if str((data.get("options") or {}).get("version")) != "2":
+            raise NotSetUp(f"mount '{self.mount}' at {self.addr} is KV version 1; partnercerts needs KV v2 "
+                           "(set PARTNERCERTS_KV_MOUNT to a KV v2 mount)")
+        self._mount_checked = True
+
+    def read(self, path: str) -> Record | None:
+        resp = self._call("get", f"/v1/{self.mount}/data/{path}")
+        if not resp or not resp.get("data") or resp["data"].get("data") is None:
+            return None
+        return Record(data=resp["data"]["data"], version=int(resp["data"]["metadata"]["version"]))
+
+    def version(self, path: str) -> int:
+        """The path's current version number, 0 when it was never written."""
+        resp = self._call("get", f"/v1/{self.mount}/metadata/{path}")
+        return int(resp["data"]["current_version"]) if resp and resp.get("data") else 0
+
+    def write(self, path: str, data: dict, cas: int) -> int:
+        """Write a new version only if the path is still at version `cas` (0: must not exist)."""
+        with translated(self.addr, f"writing {self.mount}/data/{path}", mount=self.mount, path=path):
+            resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}", json={"data": data, "options": {"cas": cas}})
+        return int(resp["data"]["version"])
+
+    def list(self, path: str) -> list[str]:
+        resp = self._call("list", f"/v1/{self.mount}/metadata/{path}")
+        return list((resp or {}).get("data", {}).get("keys", []))
+
+    def read_custom(self, path: str) -> dict:
+        """Custom metadata of any path ({} when absent): the auditor-readable side of a record."""
+        resp = self._call("get", f"/v1/{self.mount}/metadata/{path}")
+        return dict(((resp or {}).get("data") or {}).get("custom_metadata") or {})
+
+    def write_custom(self, path: str, custom: dict) -> None:
+        self._call("post", f"/v1/{self.mount}/metadata/{path}",
+                   json={"custom_metadata": {k: str(v) for k, v in custom.items() if v not in (None, "")}})
+
+
+class Store(KV):
+    """The layout: where each record lives, its typed reads and writes, and the index."""
 
     # -- layout ---------------------------------------------------------------------
     def account_path(self, mzp: str) -> str:
@@ -444,60 +513,6 @@ class Store:
             pass  # another run recorded itself at the same moment
         self.write_custom(path, record.to_data())
 
-    # -- raw KV v2 ------------------------------------------------------------------
-    def _call(self, method: str, url: str, **kw):
-        if method == "get" and self._reader is not None and not kw:
-            found = self._reader.get(url)
-            if found is not DELEGATE:
-                return found
-        return self._adapter_call(method, url, **kw)
-
-    def _adapter_call(self, method: str, url: str, **kw):
-        with translated(self.addr, f"{method.upper()} {url.removeprefix('/v1/')}"):
-            try:
-                return getattr(self.client.adapter, method)(url, **kw)
-            except hvac.exceptions.InvalidPath:
-                return None
-
-    def check_mount(self) -> None:
-        """Fail early, with the fix, when the KV v2 mount is missing or is not version 2 (checked once per Store)."""
-        if self._mount_checked:
-            return
-        with translated(self.addr, "the mount check", mount=self.mount):
-            try:
-                resp = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
-            except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
-                resp = None  # Vault answers 403 for a mount that does not exist, even to root
-        data = (resp or {}).get("data") if isinstance(resp, dict) else None
-        if not data or data.get("type") not in ("kv", "generic") or data.get("path", "").strip("/") != self.mount:
-            raise NotSetUp(f"KV v2 mount '{self.mount}' does not exist at {self.addr} (or this token may not use it); "
-                           "create it, or set PARTNERCERTS_KV_MOUNT to an existing one", remedy=Remedy.BOOTSTRAP)
-        if str((data.get("options") or {}).get("version")) != "2":
-            raise NotSetUp(f"mount '{self.mount}' at {self.addr} is KV version 1; partnercerts needs KV v2 "
-                           "(set PARTNERCERTS_KV_MOUNT to a KV v2 mount)")
-        self._mount_checked = True
-
-    def read(self, path: str) -> Record | None:
-        resp = self._call("get", f"/v1/{self.mount}/data/{path}")
-        if not resp or not resp.get("data") or resp["data"].get("data") is None:
-            return None
-        return Record(data=resp["data"]["data"], version=int(resp["data"]["metadata"]["version"]))
-
-    def version(self, path: str) -> int:
-        """The path's current version number, 0 when it was never written."""
-        resp = self._call("get", f"/v1/{self.mount}/metadata/{path}")
-        return int(resp["data"]["current_version"]) if resp and resp.get("data") else 0
-
-    def write(self, path: str, data: dict, cas: int) -> int:
-        """Write a new version only if the path is still at version `cas` (0: must not exist)."""
-        with translated(self.addr, f"writing {self.mount}/data/{path}", mount=self.mount, path=path):
-            resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}", json={"data": data, "options": {"cas": cas}})
-        return int(resp["data"]["version"])
-
-    def list(self, path: str) -> list[str]:
-        resp = self._call("list", f"/v1/{self.mount}/metadata/{path}")
-        return list((resp or {}).get("data", {}).get("keys", []))
-
     # -- the credential index (custom metadata of `current`) -------------------------
     def read_index(self, mzp: str, app: str) -> tuple[Index, int] | None:
         """The index and the real version of `current`; None when the credential was never touched."""
@@ -518,15 +533,6 @@ class Store:
             return None
         meta = resp["data"]
         return Index.from_custom(meta.get("custom_metadata")), int(meta.get("current_version") or 0)
-
-    def read_custom(self, path: str) -> dict:
-        """Custom metadata of any path ({} when absent): the auditor-readable side of a record."""
-        resp = self._call("get", f"/v1/{self.mount}/metadata/{path}")
-        return dict(((resp or {}).get("data") or {}).get("custom_metadata") or {})
-
-    def write_custom(self, path: str, custom: dict) -> None:
-        self._call("post", f"/v1/{self.mount}/metadata/{path}",
-                   json={"custom_metadata": {k: str(v) for k, v in custom.items() if v not in (None, "")}})
 
     def write_index(self, mzp: str, app: str, index: Index, custom_only: bool = False) -> None:
         """Write the index; custom_only for the deployer, whose policy may not change max_versions."""

@@ -76,7 +76,7 @@ def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=N
             f"Client ID {result.client_id}, SHA-256 {result.fingerprint_sha256}")
     print(line)
     rotation.imported(tk, result, line, when, info)
-    print(hinted("", Remedy.DEPLOY, mzp=mzp, app=app).removeprefix("; ") + " (or let the next scheduled rotate do it)")
+    print(hinted("", Remedy.DEPLOY, mzp=mzp, app=app) + " (or let the next scheduled rotate do it)")
 
 
 @task(help={"json": "print a JSON list instead of a table",

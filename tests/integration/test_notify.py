@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from partnercerts import mail
-from partnercerts.errors import UserError
+from partnercerts.errors import Error, ServiceFailure, UserError
 from partnercerts.mail import SmtpConfig
 from partnercerts.notify import Event, Kind, Notifier, NotifyConfig
 from tests import pki
@@ -363,7 +363,7 @@ def test_wrong_smtp_password_is_a_clear_error_without_the_password(tls):
     wrong = "Wr0ng-" + PASSWORD
     with smtp_server(tls) as (box, port):
         cfg = SmtpConfig.from_mapping(smtp_mapping(port, tls), "t")
-        with pytest.raises(UserError) as exc:
+        with pytest.raises(ServiceFailure) as exc:
             mail.send(cfg, message(), wrong)
         log = Log()
         failures = Notifier(config(smtp_mapping(port, tls)), wrong, log).send(events())
@@ -406,7 +406,7 @@ def test_smtp_failures_are_one_line_naming_server_and_cause(tls, case, match):
         cfg = SmtpConfig.from_mapping(raw, "t")
         if case == "no_auth_offered":
             cfg = SmtpConfig("127.0.0.1", port, "none", user=USER)
-        with pytest.raises(UserError, match=match) as exc:
+        with pytest.raises(Error, match=match) as exc:  # the server's failure, or a missing password
             mail.send(cfg, message(to), None if case == "no_password" else PASSWORD)
     text = str(exc.value)
     assert text.startswith(f"SMTP server 127.0.0.1:{port}") and "\n" not in text and PASSWORD not in text

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from partnercerts import certs
-from partnercerts.errors import UserError
+from partnercerts.errors import Error, ServiceFailure, UserError
 from partnercerts.reply import fetch
 from tests.conftest import free_port
 from tests.pki import CA, key, name
@@ -181,7 +181,7 @@ def get(world, path: str, **kw) -> bytes:
 
 
 def refused(world, path: str, match: str, **kw) -> str:
-    with pytest.raises(UserError, match=match) as exc:
+    with pytest.raises(Error, match=match) as exc:  # bad input or a failing server
         get(world, path, **kw)
     message = str(exc.value)
     assert "\n" not in message and TOKEN not in message and "?" not in message, message
@@ -280,7 +280,7 @@ def test_a_trickling_download_is_bounded_by_the_overall_timeout(world):
 
 
 def test_a_server_from_another_ca_is_refused(world, impostor):
-    with pytest.raises(UserError, match=r"TLS certificate does not verify against the CA file .*download-ca\.pem") as exc:
+    with pytest.raises(ServiceFailure, match=r"TLS certificate does not verify against the CA file .*download-ca\.pem") as exc:
         fetch(impostor.url(f"/cert.pem?token={TOKEN}"), max_bytes=LIMIT, allowed_hosts=None, cafile=world[1])
     assert TOKEN not in str(exc.value) and impostor.requests == []
 
@@ -291,7 +291,7 @@ def test_without_cafile_the_system_cas_do_not_trust_the_test_ca(world):
 
 def test_unreachable_host(world):
     port = free_port()
-    with pytest.raises(UserError, match=rf"connection refused by 127\.0\.0\.1:{port}; check the link"):
+    with pytest.raises(ServiceFailure, match=rf"connection refused by 127\.0\.0\.1:{port}; check the link"):
         fetch(f"https://127.0.0.1:{port}/cert.pem?token={TOKEN}", max_bytes=LIMIT, allowed_hosts=None,
               cafile=world[1])
 
@@ -300,7 +300,7 @@ def test_unknown_host_name(world, monkeypatch):
     def no_dns(*args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    with pytest.raises(UserError, match=r"cannot resolve host pki\.stellantis\.example; check the link and this"):
+    with pytest.raises(ServiceFailure, match=r"cannot resolve host pki\.stellantis\.example; check the link and this"):
         fetch(f"https://pki.stellantis.example/d/1?token={TOKEN}", max_bytes=LIMIT, allowed_hosts=None)
 
 
