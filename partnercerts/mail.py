@@ -157,84 +157,100 @@ def _prepare(config: SmtpConfig, message: EmailMessage, password: str | None) ->
 def send(config: SmtpConfig, message: EmailMessage, password: str | None) -> str:
     """Send one message; returns its Message-ID (one is set when the message has none)."""
     message_id = _prepare(config, message, password)
-    server = config.server
-    ctx = _tls_context(config) if config.security != "none" else None
-
-    def fail(cause: str) -> ServiceFailure:
-        return ServiceFailure(f"SMTP server {server}: {_one_line(cause, password, 400)}")
-
-    smtp: smtplib.SMTP | None = None
-    stage = "connecting"
+    session = _Session(config, password)
     try:
+        session.deliver(message)
+    except Error:
+        raise
+    except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
+        raise session.fail(_why(exc, config, session.stage, password)) from None
+    finally:
+        session.close()
+    return message_id
+
+
+class _Session:
+    """One SMTP conversation; `stage` says how far it got, for the message of a failure."""
+
+    def __init__(self, config: SmtpConfig, password: str | None):
+        self.config, self.password = config, password
+        self.smtp: smtplib.SMTP | None = None
+        self.stage = "connecting"
+
+    def fail(self, cause: str) -> ServiceFailure:
+        return ServiceFailure(f"SMTP server {self.config.server}: {_one_line(cause, self.password, 400)}")
+
+    def deliver(self, message: EmailMessage) -> None:
+        config = self.config
+        ctx = _tls_context(config) if config.security != "none" else None
         if config.security == "tls":
-            smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=ctx)
+            self.smtp = smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=ctx)
         else:
-            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
-        stage = "greeting (EHLO)"
+            self.smtp = smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+        self.stage = "greeting (EHLO)"
         smtp.ehlo()
         if config.security == "starttls":
             if not smtp.has_extn("starttls"):
-                raise fail("does not offer STARTTLS, so the message would travel in clear; refused "
-                           "(if the server uses implicit TLS, set security: tls and port 465)")
-            stage = "STARTTLS"
+                raise self.fail("does not offer STARTTLS, so the message would travel in clear; refused "
+                                "(if the server uses implicit TLS, set security: tls and port 465)")
+            self.stage = "STARTTLS"
             smtp.starttls(context=ctx)
             smtp.ehlo()
         if config.user:
-            stage = "login"
-            _login(smtp, config.user, password or "")
-        stage = "sending"
+            self.stage = "login"
+            _login(smtp, config.user, self.password or "")
+        self.stage = "sending"
         refused = smtp.send_message(message)
         if refused:
-            rcpts = ", ".join(f"{r} ({c} {_one_line(m, password)})" for r, (c, m) in refused.items())
-            raise fail(f"refused recipient(s) {rcpts}; the others got the message")
+            rcpts = ", ".join(f"{r} ({c} {_one_line(m, self.password)})" for r, (c, m) in refused.items())
+            raise self.fail(f"refused recipient(s) {rcpts}; the others got the message")
         try:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             pass  # delivered already; a lost QUIT is no failure
-    except Error:
-        raise
-    except smtplib.SMTPAuthenticationError as exc:
-        raise fail(f"authentication failed for user {config.user!r} ({exc.smtp_code} "
-                   f"{_one_line(exc.smtp_error, password)}); check the SMTP password stored in Vault") from None
-    except smtplib.SMTPNotSupportedError as exc:
-        raise fail(f"{exc} (the server offers no login on this connection; check 'security' and 'user')") from None
-    except smtplib.SMTPRecipientsRefused as exc:
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            self.smtp.close()
+
+
+def _why(exc: Exception, config: SmtpConfig, stage: str, password: str | None) -> str:
+    """What an SMTP, TLS or network failure means, and what to check (first match, most specific first)."""
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return (f"authentication failed for user {config.user!r} ({exc.smtp_code} "
+                f"{_one_line(exc.smtp_error, password)}); check the SMTP password stored in Vault")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return f"{exc} (the server offers no login on this connection; check 'security' and 'user')"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
         rcpts = ", ".join(f"{r} ({c} {_one_line(m, password)})" for r, (c, m) in exc.recipients.items())
-        raise fail(f"refused recipient(s) {rcpts}; check the 'to' address(es)") from None
-    except smtplib.SMTPSenderRefused as exc:
-        raise fail(f"refused sender {exc.sender} ({exc.smtp_code} {_one_line(exc.smtp_error, password)}); "
-                   "check the 'from' address, the server may only accept its user's own address") from None
-    except smtplib.SMTPDataError as exc:
-        raise fail(f"refused the message ({exc.smtp_code} {_one_line(exc.smtp_error, password)})") from None
-    except smtplib.SMTPServerDisconnected as exc:
+        return f"refused recipient(s) {rcpts}; check the 'to' address(es)"
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return (f"refused sender {exc.sender} ({exc.smtp_code} {_one_line(exc.smtp_error, password)}); "
+                "check the 'from' address, the server may only accept its user's own address")
+    if isinstance(exc, smtplib.SMTPDataError):
+        return f"refused the message ({exc.smtp_code} {_one_line(exc.smtp_error, password)})"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
         if isinstance(exc.__context__, TimeoutError):
-            raise fail(f"no answer within {config.timeout:g} s while {stage} (timeout); check host, port "
-                       "and firewalls") from None
-        raise fail(f"closed the connection unexpectedly ({_one_line(exc, password) or 'no reason given'}); "
-                   f"check that port {config.port} speaks security {config.security}") from None
-    except smtplib.SMTPResponseException as exc:
-        raise fail(f"answered {exc.smtp_code} {_one_line(exc.smtp_error, password)}") from None
-    except ssl.SSLCertVerificationError as exc:
+            return f"no answer within {config.timeout:g} s while {stage} (timeout); check host, port and firewalls"
+        return (f"closed the connection unexpectedly ({_one_line(exc, password) or 'no reason given'}); "
+                f"check that port {config.port} speaks security {config.security}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"answered {exc.smtp_code} {_one_line(exc.smtp_error, password)}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
         hint = ("give 'cafile' (the CA that signed the server's certificate)" if config.cafile is None
                 else f"the server's certificate does not verify to {config.cafile} for the name {config.host!r}")
-        raise fail(f"TLS failure: certificate verify failed ({exc.verify_message or exc.reason}); {hint}") from None
-    except ssl.SSLError as exc:
+        return f"TLS failure: certificate verify failed ({exc.verify_message or exc.reason}); {hint}"
+    if isinstance(exc, ssl.SSLError):
         hint = ""
         if exc.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"):
             hint = f" (is port {config.port} really security {config.security}? tls is implicit TLS, usually 465)"
-        raise fail(f"TLS failure: {exc.reason or exc}{hint}") from None
-    except ConnectionRefusedError:
-        raise fail("connection refused; check host, port and that the server runs") from None
-    except TimeoutError:
-        raise fail(f"no answer within {config.timeout:g} s while {stage} (timeout); check host, port "
-                   "and firewalls") from None
-    except socket.gaierror as exc:
-        raise fail(f"host name not found ({exc.strerror}); check 'host'") from None
-    except smtplib.SMTPException as exc:
-        raise fail(str(exc)) from None
-    except OSError as exc:
-        raise fail(exc.strerror or exc.__class__.__name__) from None
-    finally:
-        if smtp is not None:
-            smtp.close()
-    return message_id
+        return f"TLS failure: {exc.reason or exc}{hint}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused; check host, port and that the server runs"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {config.timeout:g} s while {stage} (timeout); check host, port and firewalls"
+    if isinstance(exc, socket.gaierror):
+        return f"host name not found ({exc.strerror}); check 'host'"
+    if isinstance(exc, smtplib.SMTPException):
+        return str(exc)
+    return getattr(exc, "strerror", None) or exc.__class__.__name__
