@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from ..settings import ROOT
+from .. import ROOT
 
 COLUMNS = (("fault", "fault"), ("runs", "runs"), ("result", "result"), ("outcome", "outcome"),
            ("keys_lost", "keys lost"), ("hosts_mixed", "hosts left mixed"))

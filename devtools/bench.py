@@ -3,7 +3,7 @@
     scripts/bench [--size full|tiny] [--repeat N] [--cases status,rotate,csr,deploy,memory] [--json FILE]
 
 Starts its own OpenBao (dev mode, loopback, a random port) and its own SSH test hosts
-(scripts/testhosts.py: one sshd per host in its own network namespace; needs root), seeds Vault
+(devtools/testhosts.py: one sshd per host in its own network namespace; needs root), seeds Vault
 itself, runs every command as a user would (a fresh `python -m invoke ... TASK` process) and prints
 one table of medians over `--repeat` runs, with the baseline measured in the same run beside each
 figure:
@@ -44,8 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .devservers import DevBao, load_testhosts
-from .settings import ROOT
+from . import ROOT, testhosts
+from .devservers import DevBao
 
 PY = sys.executable
 SIZES = {
@@ -213,11 +213,11 @@ class Bench:
 
     def core(self, mount: str, inventory: Path):
         """The core (Credentials over Store) on this mount, as the tasks build it."""
-        from . import inventory as inventory_mod
-        from .credentials import Credentials
-        from .settings import Settings
-        from .store import Store
-        from .vault import connect
+        from partnercerts import inventory as inventory_mod
+        from partnercerts.credentials import Credentials
+        from partnercerts.settings import Settings
+        from partnercerts.store import Store
+        from partnercerts.vault import connect
         e = self.env(mount, inventory)
         settings = Settings.from_env(e)
         return Credentials(settings, inventory_mod.load(settings.inventory), Store(connect(settings, e), settings))
@@ -227,10 +227,11 @@ class Bench:
         through the core with check-and-set, as an import and a deploy leave them (test-size keys)."""
         from cryptography.hazmat.primitives.asymmetric import rsa
 
-        from . import certs, csr as csrmod, keys
-        from .credentials import iso
-        from .sandbox import Authority
-        from .store import Index
+        from partnercerts import certs, keys
+        from partnercerts import csr as csrmod
+        from partnercerts.credentials import iso
+        from partnercerts.sandbox import Authority
+        from partnercerts.store import Index
 
         creds = self.core(mount, inventory)
         now = dt.datetime.now(dt.timezone.utc)
@@ -276,7 +277,7 @@ class Bench:
         return len(pairs)
 
     def current_paths(self, inventory: Path) -> list[str]:
-        from . import inventory as inventory_mod
+        from partnercerts import inventory as inventory_mod
         inv = inventory_mod.load(inventory)
         return [f"partnercerts/{p.mzp}/apps/{a.name}/current" for p, a in inv.credentials()]
 
@@ -421,7 +422,6 @@ class Bench:
             self.notes.append("deploy cases skipped: the SSH test hosts need root")
             log("deploy cases skipped: not root")
             return
-        testhosts = load_testhosts()
         missing = [t for t in (testhosts.SSHD, "ssh", "ssh-keygen", "ip", "unshare", "nsenter", "mount")
                    if not shutil.which(t)]
         if missing:
