@@ -2,7 +2,7 @@
 
 Its CA key lives in Vault (store.sandbox_path). It checks the CSR the way the real
 authority is documented to (signature, OU, CN = MZP) and signs with clientAuth. It also issues
-the TLS server certificate of the sandbox API (partnercerts/sandbox_api.py).
+the TLS server certificate of the sandbox API (partnercerts/sandbox/api.py).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import certs, keys
-from .errors import Conflict, UserError
-from .profile import MZP_RE, OU
-from .store import Store
+from .. import certs, keys
+from ..errors import Conflict, UserError
+from ..profile import MZP_RE, OU
+from ..store import Store
 
 CA_NAME = x509.Name([
     x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),

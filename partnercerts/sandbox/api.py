@@ -20,7 +20,7 @@ MZP for at most CACHE_SECONDS, so a rotation or a new password is seen within se
 has one line per request (time, peer, MZP, method, path without query string, status, reason)
 and never a secret.
 
-Run it with ``scripts/inv sandbox.up`` (background); ``python -m partnercerts.sandbox_api --port N
+Run it with ``scripts/inv sandbox.up`` (background); ``python -m partnercerts.sandbox.api --port N
 --bind ADDR[,ADDR]`` runs it in the foreground, connected to Vault exactly like the tasks.
 """
 from __future__ import annotations
@@ -32,7 +32,6 @@ import datetime as dt
 import hmac
 import ipaddress
 import json
-import os
 import select
 import signal
 import socket
@@ -48,10 +47,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-from .errors import UserError
-from .profile import MZP_RE
-from .sandbox import Authority
-from .store import Store
+from ..errors import UserError
+from ..profile import MZP_RE
+from ..store import Store
+from .authority import Authority
 
 BASE_PATH = "/connectedcar/v3"
 REALM = "PSA B2B sandbox"
@@ -538,15 +537,16 @@ def peer_of(addr) -> str:
 
 # -- foreground entry point (what sandbox.up runs in the background) ----------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m partnercerts.sandbox_api",
+    parser = argparse.ArgumentParser(prog="python -m partnercerts.sandbox.api",
                                      description="Run the sandbox API in the foreground (scripts/inv sandbox.up "
                                                  "runs it in the background).")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
     parser.add_argument("--bind", default="127.0.0.1", help="comma-separated IP addresses to listen on")
     parser.add_argument("--base-path", default=BASE_PATH, help=f"path prefix of the API (default {BASE_PATH})")
     args = parser.parse_args(argv)
-    from .settings import Settings
-    from .vault import connect
+    from ..settings import Settings
+    from ..vault import connect
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         store = Store(connect(settings), settings)
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except Exception as exc:
-        if os.environ.get("PARTNERCERTS_DEBUG"):
+        if settings is not None and settings.debug:
             raise
         print(f"error: unexpected {type(exc).__name__} while starting the sandbox API; "
               "rerun with PARTNERCERTS_DEBUG=1 for the traceback", file=sys.stderr, flush=True)
