@@ -407,7 +407,7 @@ class Bench:
                  f"outbox), all {c} cores", both, "s", floor,
                  f"{short(n)} bare RSA-2048 generations in one process (the floor)", ratio_kind="of floor", per=n,
                  per_unit="ms/cred",
-                 target=f"uses both cores, <=1.2x floor", met=b / fl <= 1.2 and (c < 2 or cores_used >= 1.5),
+                 target="uses both cores, <=1.2x floor", met=b / fl <= 1.2 and (c < 2 or cores_used >= 1.5),
                  extra=f"{cores_used:.1f} cores busy, {fl / b:.2f}x the floor's speed")
         o = statistics.median(one)
         self.add(f"csr-{short(n)}-1core", "the same with the toolkit and its workers pinned to one core "
@@ -508,8 +508,8 @@ class Bench:
             per = f"{r['per']:.2f} {r['per_unit']}" if r["per"] is not None else "-"
             met = {True: "yes", False: "NO", None: "-"}[r["met"]] if self.args.size == "full" else "(tiny)"
             lines.append((r["case"], fig, base, ratio, per, r["target"] or "-", met, r["extra"] or ""))
-        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-        fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+        fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()  # noqa: E731
         out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
         out.append("")
         width = max(len(r["case"]) for r in self.rows) if self.rows else 0
@@ -558,7 +558,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", choices=sorted(SIZES), default="full",
                     help="full: 1,000 credentials, 100 CSRs, 10 and 50 hosts, 10,000 for memory; "
                          "tiny: 10 credentials, 2 hosts, one run (for the test suite)")
-    ap.add_argument("--repeat", type=int, default=None, help="runs per figure, the median is shown (default: 5, tiny 1)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs per figure, the median is shown (default: 5, tiny 1)")
     ap.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(ALL_CASES)} (default: all)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write every run's figures to FILE as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, inventories) for inspection")

@@ -49,8 +49,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 SSHD = "/usr/sbin/sshd"
 SUPERNET = ipaddress.ip_network("10.231.0.0/16")

@@ -63,7 +63,8 @@ def _now(raw: str | None) -> dt.datetime | None:
     try:
         value = dt.datetime.fromisoformat(raw)
     except ValueError:
-        raise UserError(f"PARTNERCERTS_NOW={raw!r} is not an ISO 8601 time; use e.g. 2027-01-31T00:00:00+00:00") from None
+        raise UserError(f"PARTNERCERTS_NOW={raw!r} is not an ISO 8601 time; "
+                        "use e.g. 2027-01-31T00:00:00+00:00") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 

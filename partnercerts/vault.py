@@ -120,7 +120,8 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
     if vs.cacert:
         verify = vs.cacert
         if not Path(verify).is_file():
-            raise UserError(f"VAULT_CACERT={verify}: no such file; point it at the CA that signed the Vault server's certificate")
+            raise UserError(f"VAULT_CACERT={verify}: no such file; "
+                            "point it at the CA that signed the Vault server's certificate")
     if vs.skip_verify:
         verify = False
     nodes = _addresses(addr)

@@ -38,8 +38,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import TextIO
 from urllib.parse import parse_qsl
 
 from cryptography import x509
@@ -279,7 +280,7 @@ class SandboxAPI:
                 host = socket.gethostname()
                 names.append(host)
                 try:
-                    names += [info[4][0] for info in socket.getaddrinfo(host, None)]
+                    names += [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
                 except OSError:
                     pass
             else:
@@ -349,7 +350,7 @@ class SandboxAPI:
         while not self._stop.is_set():
             try:
                 sock, addr = lsock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -366,6 +367,7 @@ class SandboxAPI:
         peer = peer_of(addr)
         try:
             sock.setblocking(False)
+            assert self._ctx is not None  # set by start() before connections are accepted
             conn = SSL.Connection(self._ctx, sock)
             conn.set_accept_state()
             deadline = time.monotonic() + self.timeout
@@ -474,6 +476,7 @@ class SandboxAPI:
     # -- the application --------------------------------------------------------------------
     def answer(self, req: Request, cert: x509.Certificate | None) -> tuple[Reply, str]:
         """The reply to one parsed request from a client with this certificate, and the MZP to log."""
+        assert self.ca is not None  # set by start()
         mzp, why = check_client_cert(cert, self.ca, self.clock())
         if mzp is None:
             return error(495, why), "-"
@@ -524,7 +527,8 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
-        raise UserError(f"--bind {text!r}: not an IP address; use e.g. 127.0.0.1, or 0.0.0.0 for every interface") from None
+        raise UserError(f"--bind {text!r}: not an IP address; "
+                        "use e.g. 127.0.0.1, or 0.0.0.0 for every interface") from None
 
 
 def fmt_host(addr: str) -> str:

@@ -55,7 +55,7 @@ class Authority:
         self.store = store
         self.validity_days = validity_days
         self.test_key_bits = test_key_bits
-        self._cached = None
+        self._cached: tuple | None = None
 
     def _ca(self, now: dt.datetime):
         # The CA record is written once (check-and-set 0) and never changes: read it once per Authority.
@@ -69,6 +69,7 @@ class Authority:
             except Conflict:
                 pass  # another run created it first; use theirs
             rec = self.store.read(self.store.sandbox_path())
+            assert rec is not None  # written above, by this run or another
         self._cached = (keys.from_pem(rec.data["key_pem"]), certs.from_pem(rec.data["cert_pem"])[0])
         return self._cached
 
@@ -81,7 +82,7 @@ class Authority:
             raise UserError("sandbox authority: the CSR signature does not verify; make a new CSR")
         ou = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
         cn = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        if ou != [OU] or len(cn) != 1 or not MZP_RE.fullmatch(cn[0]):
+        if ou != [OU] or len(cn) != 1 or not isinstance(cn[0], str) or not MZP_RE.fullmatch(cn[0]):
             raise UserError(f"sandbox authority: subject {csr.subject.rfc4514_string()!r} is not the partner profile "
                             f"(OU={OU}, CN=MZP + six digits)")
         ca_key, ca_cert = self._ca(now)
