@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from devtools import ROOT  # noqa: F401 (tests import ROOT from here)
-from devtools import testhosts
+from devtools import (
+    ROOT,  # noqa: F401 (tests import ROOT from here)
+    testhosts,
+)
 
 TestHosts = testhosts.TestHosts
 TestHostsError = testhosts.TestHostsError
