@@ -1,12 +1,8 @@
-"""partnercerts tasks: `scripts/inv --list` shows them, `scripts/inv --help TASK` explains one."""
-from invoke import Collection
+"""partnercerts tasks: `scripts/inv --list` shows them, `scripts/inv --help TASK` explains one.
 
-from partnercerts.tasks import bench, chaos, creds, dev, hosts, sandbox, vault
+The product's namespace (also the installed `partnercerts` command) plus the development tasks of this checkout.
+"""
+from devtools.tasks import bench, chaos, dev
+from partnercerts.tasks import namespace
 
-ns = Collection(creds.csr, creds.import_cert, creds.status, creds.p12, creds.account, creds.rotate,
-                creds.submit, creds.smtp_password, creds.metrics,
-                hosts.deploy, hosts.verify, hosts.rollback, hosts.schedule,
-                dev.test, chaos.chaos, bench.bench)
-ns.add_collection(Collection.from_module(vault, name="vault"))
-ns.add_collection(Collection.from_module(sandbox, name="sandbox"))
-ns.configure({"run": {"echo": False}})
+ns = namespace(dev.test, chaos.chaos, bench.bench)

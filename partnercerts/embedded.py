@@ -103,14 +103,15 @@ class Embedded:
             deadline = time.monotonic() + 30
             while (health := self._health()) is None:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise UserError(f"the embedded OpenBao did not start on 127.0.0.1:{self.port} (see {self.log_file}); "
-                                    "free the port or set PARTNERCERTS_EMBEDDED_PORT")
+                    raise UserError(f"the embedded OpenBao did not start on 127.0.0.1:{self.port} "
+                                    f"(see {self.log_file}); free the port or set PARTNERCERTS_EMBEDDED_PORT")
                 time.sleep(0.1)
         client = hvac.Client(url=self.addr, timeout=30)
         if not health.get("initialized"):
             if self.key_file.exists():
                 raise UserError(f"the server on 127.0.0.1:{self.port} is not the embedded one of {self.dir} "
-                                "(it is uninitialised but an unseal key exists); set PARTNERCERTS_EMBEDDED_PORT to a free port")
+                                "(it is uninitialised but an unseal key exists); "
+                                "set PARTNERCERTS_EMBEDDED_PORT to a free port")
             result = client.sys.initialize(secret_shares=1, secret_threshold=1)
             _write_secret_file(self.key_file, result["keys_base64"][0])
             _write_secret_file(self.token_file, result["root_token"])

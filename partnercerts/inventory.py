@@ -81,7 +81,7 @@ class Inventory:
     def credentials(self, mzp: str | None = None, app: str | None = None) -> list[tuple[Partner, Application]]:
         """(partner, application) pairs, optionally narrowed to one partner and/or application."""
         partners = [self.partner(mzp)] if mzp else list(self.partners)
-        out = []
+        out: list[tuple[Partner, Application]] = []
         for p in partners:
             apps = [p.app(app)] if app and mzp else [a for a in p.applications if app in (None, a.name)]
             out.extend((p, a) for a in apps)
@@ -90,7 +90,7 @@ class Inventory:
         return out
 
 
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # chosen at import
     """SafeLoader that refuses duplicate mapping keys instead of keeping the last one silently
     (on libyaml's parser where PyYAML has it: ten times faster on an inventory of a thousand credentials)."""
 
@@ -136,7 +136,8 @@ def load(path: Path) -> Inventory:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{file}:{mark.line + 1}" if mark else str(file)
-            raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix the syntax") from None
+            problem = getattr(exc, "problem", None) or exc
+            raise UserError(f"{where}: not valid YAML ({problem}); fix the syntax") from None
         except UnicodeDecodeError:
             raise UserError(f"{file}: not UTF-8 text; save it as UTF-8") from None
         except RecursionError:
@@ -166,7 +167,8 @@ def load(path: Path) -> Inventory:
     seen: dict[str, str] = {}
     for p in partners:
         if p.mzp in seen:
-            raise UserError(f"{p.source}: partner {p.mzp} is defined twice (also in {seen[p.mzp]}); keep one definition")
+            raise UserError(f"{p.source}: partner {p.mzp} is defined twice (also in {seen[p.mzp]}); "
+                            "keep one definition")
         seen[p.mzp] = p.source
     return Inventory(path=path, partners=tuple(partners), sandbox_api=sandbox_api, notify=notify,
                      metrics_textfile=metrics_textfile)
@@ -174,7 +176,8 @@ def load(path: Path) -> Inventory:
 
 def _partner(raw: object, where: str, source: str) -> Partner:
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: must be a mapping with mzp, country, state, locality, organization, email, applications")
+        raise UserError(f"{where}: must be a mapping with mzp, country, state, locality, organization, email, "
+                        "applications")
     mzp = raw.get("mzp")
     if isinstance(mzp, str) and 0 < len(mzp) <= 20 and mzp.isprintable():  # else "partner #n" (one line, short)
         where = f"{source}: partner {mzp}"
@@ -233,7 +236,8 @@ def _submission(raw: object, where: str) -> Submission:
                         f"allowed: {', '.join(sorted(SUBMISSION_KEYS))}")
     method = raw.get("method")
     if not isinstance(method, str) or method not in SUBMISSION_METHODS:
-        raise UserError(f"{where}: field 'submission' method is {shown(method)}; use one of {', '.join(SUBMISSION_METHODS)}")
+        raise UserError(f"{where}: field 'submission' method is {shown(method)}; "
+                        f"use one of {', '.join(SUBMISSION_METHODS)}")
     if method == "sandbox":
         return Submission()
     to = check_email(raw.get("to"), f"{where}: submission 'to'")

@@ -14,10 +14,11 @@ from urllib.parse import urlsplit
 
 import hvac.adapters
 
+from .settings import VaultSettings
+
 DELEGATE = object()
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9/_.~-]+$")
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]*$")
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
 
@@ -48,8 +49,9 @@ class KeepAliveReader:
     standby answers reads from a lagging copy), and that choice stays the adapter's alone.
     """
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, ca_bundle: str | None = None):
         self.adapter = adapter
+        self.ca_bundle = ca_bundle  # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, used as requests uses them
         self.sock = None
         self.rfile = None
         self.target: tuple = ()
@@ -60,7 +62,7 @@ class KeepAliveReader:
         self.window = 32
 
     @classmethod
-    def for_client(cls, client) -> "KeepAliveReader | None":
+    def for_client(cls, client, vault: VaultSettings) -> "KeepAliveReader | None":
         adapter = getattr(client, "adapter", None)
         if not isinstance(adapter, hvac.adapters.JSONAdapter) or getattr(adapter, "ignore_exceptions", False):
             return None
@@ -71,9 +73,9 @@ class KeepAliveReader:
         if kwargs.get("cert") or kwargs.get("proxies") or getattr(session, "cert", None) \
                 or getattr(session, "proxies", None):
             return None
-        if any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS):
+        if vault.proxied:
             return None
-        return cls(adapter)
+        return cls(adapter, vault.ca_bundle)
 
     # -- connection ---------------------------------------------------------------------------
     def _connect(self) -> bool:
@@ -95,8 +97,7 @@ class KeepAliveReader:
         self.host = uri.netloc.rpartition("@")[2]
         return True
 
-    @staticmethod
-    def _tls(verify):
+    def _tls(self, verify):
         """The checks requests makes: VAULT_CACERT (a file or a directory); none with verify=False; else
         REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE; else certifi's bundle."""
         import ssl
@@ -106,7 +107,7 @@ class KeepAliveReader:
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
         if verify is True:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            verify = self.ca_bundle
             if not verify:
                 import certifi
                 verify = certifi.where()

@@ -56,7 +56,7 @@ class SmtpConfig:
 
     @classmethod
     def from_mapping(cls, raw: object, where: str) -> "SmtpConfig":
-        """Validate an inventory mapping {host, port, security, user, timeout, cafile}; errors name `where` and the field."""
+        """Validate an inventory mapping {host, port, security, user, timeout, cafile}; errors name `where`."""
         if not isinstance(raw, dict):
             raise UserError(f"{where}: must be a mapping with host (port, security, user, cafile)")
         if "password" in raw:
@@ -125,7 +125,8 @@ def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
         if not smtp.has_extn("auth"):
             raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.") from None
         if "PLAIN" not in smtp.esmtp_features["auth"].upper().split():
-            raise smtplib.SMTPException("a non-ASCII password needs AUTH PLAIN, which the server does not offer")
+            raise smtplib.SMTPException("a non-ASCII password needs AUTH PLAIN, "
+                                        "which the server does not offer") from None
         token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode("ascii")
         code, resp = smtp.docmd("AUTH", "PLAIN " + token)
         if code != 235:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import UserError
 

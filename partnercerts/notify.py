@@ -16,9 +16,9 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Callable
 
 from . import mail
 from .errors import Error, UserError, names, shown
@@ -172,7 +172,8 @@ class NotifyConfig:
 
 def _address(value: object, where: str, name: str) -> str:
     if not isinstance(value, str) or len(value) > 254 or not ADDRESS_RE.fullmatch(value):
-        raise UserError(f"{where}: field '{name}' is {shown(value)}; it must be a plain e-mail address, e.g. ops@example.com")
+        raise UserError(f"{where}: field '{name}' is {shown(value)}; "
+                        "it must be a plain e-mail address, e.g. ops@example.com")
     return value
 
 
@@ -211,7 +212,8 @@ def _webhook(raw: object, where: str) -> WebhookConfig:
             _ = u.port  # a bad port raises ValueError
         except ValueError:
             u = None
-    if u is None or not host or u.scheme not in ("https", "http") or any(c.isspace() for c in url) or "{{" in url:
+    if u is None or not isinstance(url, str) or not host or u.scheme not in ("https", "http") \
+            or any(c.isspace() for c in url) or "{{" in url:
         raise UserError(f"{where}: field 'url' must be an https:// URL, e.g. https://hooks.example.com/partnercerts")
     if u.username is not None or u.password is not None:
         raise UserError(f"{where}: field 'url' must not carry user:password@; use a token in the path if the "
@@ -308,7 +310,8 @@ class Notifier:
         return text.replace(self._password, "***") if self._password else text
 
     def _email(self, events: list[Event], public: list[dict]) -> str:
-        cfg = self.config.email
+        cfg = self.config.email if self.config else None
+        assert cfg is not None  # only called when e-mail is configured
         msg = EmailMessage()
         msg["From"] = cfg.sender
         msg["To"] = ", ".join(cfg.to)
@@ -319,7 +322,8 @@ class Notifier:
         return f"notification e-mail sent to {', '.join(cfg.to)} ({len(events)} event(s), Message-ID {message_id})"
 
     def _webhook(self, events: list[Event], public: list[dict]) -> str:
-        cfg = self.config.webhook
+        cfg = self.config.webhook if self.config else None
+        assert cfg is not None  # only called when a webhook is configured
         where = f"webhook {cfg.display}"
         payload = json.dumps({"source": "partnercerts", "events": public}, ensure_ascii=False).encode()
         request = urllib.request.Request(cfg.url, data=payload, method="POST",

@@ -14,7 +14,8 @@ OU = "Programs Partners"
 MZP_RE = re.compile(r"^MZP[0-9]{6}$")
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 # Local part and domain kept deliberately plain: the address receives the authority's mails.
-EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+                      r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 # Application names end up in Vault paths and in directory names on hosts.
 APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_SPECS = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
@@ -57,7 +58,8 @@ class Subject:
         dn = "\n".join(f"{k} = {_conf_escape(v)}" for k, v in rows)
         return (
             f"# PSA/Stellantis B2B partner CSR for {self.mzp}\n"
-            f"# openssl req -new -newkey rsa:{KEY_SPECS[key_spec]} -keyout KeyName.pem -out CSRName.csr -config THIS_FILE\n"
+            f"# openssl req -new -newkey rsa:{KEY_SPECS[key_spec]} -keyout KeyName.pem -out CSRName.csr "
+            "-config THIS_FILE\n"
             "[ req ]\n"
             f"default_bits = {KEY_SPECS[key_spec]}\n"
             "default_md = sha256\n"
@@ -100,26 +102,30 @@ def check_text(field: str, value: object, where: str) -> str:
 
 def check_mzp(value: object, where: str) -> str:
     if not isinstance(value, str) or not MZP_RE.fullmatch(value):
-        raise UserError(f"{where}: field 'mzp' is {shown(value)}; it must be 'MZP' followed by six digits, e.g. MZP123456")
+        raise UserError(f"{where}: field 'mzp' is {shown(value)}; "
+                        "it must be 'MZP' followed by six digits, e.g. MZP123456")
     return value
 
 
 def check_country(value: object, where: str) -> str:
     if not isinstance(value, str) or not COUNTRY_RE.fullmatch(value):
-        raise UserError(f"{where}: field 'country' is {shown(value)}; it must be two capital letters (ISO 3166), e.g. FR")
+        raise UserError(f"{where}: field 'country' is {shown(value)}; "
+                        "it must be two capital letters (ISO 3166), e.g. FR")
     return value
 
 
 def check_email(value: object, where: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_LEN["email"] or not EMAIL_RE.fullmatch(value):
-        raise UserError(f"{where}: field 'email' is {shown(value)}; it must be a plain e-mail address, e.g. certs@example.com")
+        raise UserError(f"{where}: field 'email' is {shown(value)}; "
+                        "it must be a plain e-mail address, e.g. certs@example.com")
     return value
 
 
 def check_app(value: object, where: str) -> str:
     if not isinstance(value, str) or not APP_RE.fullmatch(value):
         raise UserError(
-            f"{where}: application name {shown(value)} is not allowed; use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+            f"{where}: application name {shown(value)} is not allowed; "
+            "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
     return value
 
 

@@ -323,7 +323,7 @@ class KV:
         self.mount = settings.kv_mount
         self.prefix = settings.prefix
         self.addr = client.adapter.base_uri
-        self._reader = KeepAliveReader.for_client(client)
+        self._reader = KeepAliveReader.for_client(client, settings.vault)
         self._mount_checked = False
 
     # -- raw KV v2 ------------------------------------------------------------------

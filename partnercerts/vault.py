@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import requests
 
 from . import embedded
 from .errors import Conflict, EnvironmentFault, NotSetUp, Remedy, UserError, VaultDenied, VaultUnavailable
-from .settings import Settings
+from .settings import Settings, VaultSettings
 
 
 class FailoverAdapter(hvac.adapters.JSONAdapter):
@@ -108,41 +107,38 @@ def _addresses(addr: str) -> list[str]:
 
 
 def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
-    """An authenticated client: VAULT_ADDR if set, else the embedded server (started on demand)."""
-    env = dict(os.environ if env is None else env)
-    addr = env.get("VAULT_ADDR")
+    """An authenticated client: VAULT_ADDR if set, else the embedded server (started on demand).
+
+    The VAULT_* settings come from `settings`, or from `env` when one is given (the tests' raw clients).
+    """
+    vs = settings.vault if env is None else VaultSettings.from_env(env)
+    addr = vs.addr
     if not addr:
         server = embedded.Embedded(settings)
         server.up()
         return server.client()
     verify: bool | str = True
-    if env.get("VAULT_CACERT"):
-        verify = env["VAULT_CACERT"]
+    if vs.cacert:
+        verify = vs.cacert
         if not Path(verify).is_file():
-            raise UserError(f"VAULT_CACERT={verify}: no such file; point it at the CA that signed the Vault server's certificate")
-    if env.get("VAULT_SKIP_VERIFY", "").lower() in ("1", "true", "yes"):
+            raise UserError(f"VAULT_CACERT={verify}: no such file; "
+                            "point it at the CA that signed the Vault server's certificate")
+    if vs.skip_verify:
         verify = False
     nodes = _addresses(addr)
-    try:
-        budget = float(env.get("PARTNERCERTS_VAULT_RETRY_SECONDS") or 10)
-    except ValueError:
-        raise UserError("PARTNERCERTS_VAULT_RETRY_SECONDS is not a number of seconds; set it to e.g. 10") from None
-    client = hvac.Client(url=nodes[0], verify=verify, namespace=env.get("VAULT_NAMESPACE") or None, timeout=30,
-                         adapter=functools.partial(FailoverAdapter, nodes, budget))
+    client = hvac.Client(url=nodes[0], verify=verify, namespace=vs.namespace, timeout=30,
+                         adapter=functools.partial(FailoverAdapter, nodes, vs.retry_seconds))
     # VAULT_TOKEN, then an explicit AppRole, then ~/.vault-token: a scheduled job given its
     # AppRole must not pick up an operator's token file.
-    token = env.get("VAULT_TOKEN")
-    approle = bool(env.get("VAULT_ROLE_ID") and env.get("VAULT_SECRET_ID"))
-    if not token and not approle:
-        token_file = Path(env.get("HOME", "~")).expanduser() / ".vault-token"
-        if token_file.is_file():
-            token = token_file.read_text().strip()
+    token = vs.token
+    approle = bool(vs.role_id and vs.secret_id)
+    if not token and not approle and vs.token_file is not None and vs.token_file.is_file():
+        token = vs.token_file.read_text().strip()
     try:
         if token:
             client.token = token
         elif approle:
-            client.auth.approle.login(role_id=env["VAULT_ROLE_ID"], secret_id=env["VAULT_SECRET_ID"],
-                                      mount_point=env.get("VAULT_APPROLE_MOUNT", "approle"))
+            client.auth.approle.login(role_id=vs.role_id, secret_id=vs.secret_id, mount_point=vs.approle_mount)
         else:
             raise UserError(f"VAULT_ADDR={addr} is set but no credentials were found; set VAULT_TOKEN, "
                             "write ~/.vault-token, or set VAULT_ROLE_ID and VAULT_SECRET_ID")

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from partnercerts.devservers import DevBao, free_port  # noqa: E402,F401 (tests import free_port from here)
+from devtools.devservers import DevBao, free_port  # noqa: E402,F401 (tests import free_port from here)
 
 pytest_plugins = ["tests.plugins.testhosts", "tests.plugins.chaos"]
 

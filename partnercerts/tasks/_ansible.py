@@ -7,18 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..settings import ROOT, Settings
+from ..errors import UserError
+from ..settings import Settings
+
+
+def checkout(settings: Settings) -> Path:
+    """The repository whose playbooks and ansible.cfg the host tasks run; an installed package has none."""
+    if settings.checkout is None:
+        raise UserError("deploy, verify, rollback and schedule run the playbooks of a partnercerts checkout "
+                        "(scripts/inv); with the installed package, run the Ansible collection's playbooks "
+                        "instead, e.g. ansible-playbook -i INVENTORY partnercerts.psa.deploy")
+    return settings.checkout
 
 
 def playbook(name: str, settings: Settings, *, limit: str | None = None, check: bool = False, diff: bool = False,
              extra: dict | None = None, verbose: int = 0) -> int:
     """Run playbooks/<name> on the configured inventory; returns ansible-playbook's exit code."""
     from .. import inventory
-    from .sandbox import ensure_running
+    from ..sandbox.daemon import ensure_running
+    root = checkout(settings)
     if inventory.load(settings.inventory).sandbox_api:
         ensure_running(settings)
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(settings.inventory),
-           str(ROOT / "playbooks" / name)]
+           str(root / "playbooks" / name)]
     if limit:
         cmd += ["--limit", limit]
     if check:
@@ -29,7 +40,7 @@ def playbook(name: str, settings: Settings, *, limit: str | None = None, check: 
         cmd += ["-e", json.dumps(extra)]
     if verbose:
         cmd.append("-" + "v" * verbose)
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PARTNERCERTS_INVENTORY=str(settings.inventory),
-               PARTNERCERTS_STATE_DIR=str(settings.state_dir), ANSIBLE_NOCOLOR=os.environ.get("ANSIBLE_NOCOLOR", "1"))
+    env = {"ANSIBLE_NOCOLOR": "1", **os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+           "PARTNERCERTS_INVENTORY": str(settings.inventory), "PARTNERCERTS_STATE_DIR": str(settings.state_dir)}
     sys.stdout.flush()
     return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode

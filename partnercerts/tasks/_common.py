@@ -3,26 +3,27 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
 import sys
 
 from invoke.exceptions import Exit
 
 from ..errors import Error, Remedy, UserError, with_hint
+from ..settings import Settings
 from ..toolkit import Toolkit
 from ._hints import HINTS
 
 
 def now() -> dt.datetime:
     """The current time, or PARTNERCERTS_NOW (ISO 8601) to ask 'what if' at another date."""
-    raw = os.environ.get("PARTNERCERTS_NOW")
-    if not raw:
-        return dt.datetime.now(dt.timezone.utc)
+    return Settings.from_env().now or dt.datetime.now(dt.timezone.utc)
+
+
+def debugging() -> bool:
+    """PARTNERCERTS_DEBUG is set: let an unexpected exception show its traceback."""
     try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise UserError(f"PARTNERCERTS_NOW={raw!r} is not an ISO 8601 time; use e.g. 2027-01-31T00:00:00+00:00") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return Settings.from_env().debug
+    except UserError:
+        return False
 
 
 def toolkit() -> Toolkit:
@@ -50,7 +51,7 @@ def reports_errors(fn):
         except (Exit, KeyboardInterrupt):
             raise
         except Exception as exc:  # an unexpected failure: no traceback by default, it could quote data
-            if os.environ.get("PARTNERCERTS_DEBUG"):
+            if debugging():
                 raise
             raise Exit(f"error: unexpected {type(exc).__name__} in {fn.__name__}; "
                        "rerun with PARTNERCERTS_DEBUG=1 for the traceback", code=1) from None

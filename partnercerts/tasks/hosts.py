@@ -8,7 +8,7 @@ from invoke.exceptions import Exit
 
 from ..errors import UserError
 from ..settings import Settings
-from ._ansible import playbook
+from ._ansible import checkout, playbook
 from ._common import info, now, reports_errors, toolkit
 from .creds import APP_HELP, MZP_HELP
 
@@ -57,15 +57,10 @@ def rollback(c, mzp, app, to=None, dry_run=False):
         info(f"{mzp}/{app}: would roll back from serial {rows[0].serial} to {to or 'the previous certificate'}; "
              "nothing was changed")
         return
+    checkout(tk.settings)  # the deploy that follows needs the playbooks: refuse before changing Vault
     result = tk.importer.rollback(mzp, app, now(), to)
     print(f"{mzp}/{app}: serial {result.serial} (valid until {result.not_after}) is current again in Vault")
     _run("deploy.yml", extra={"partnercerts_deploy_only": [f"{mzp}/{app}"]})
-
-
-# Non-secret settings the scheduled job needs to find the same Vault and inventory as this shell.
-_SCHEDULE_ENV = ("VAULT_ADDR", "VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_APPROLE_MOUNT", "PARTNERCERTS_INVENTORY",
-                 "PARTNERCERTS_KV_MOUNT", "PARTNERCERTS_PREFIX", "PARTNERCERTS_STATE_DIR", "PARTNERCERTS_CA_FILE",
-                 "PARTNERCERTS_EMBEDDED_PORT", "PARTNERCERTS_SANDBOX_API_PORT")
 
 
 @task(help={"remove": "remove the scheduled rotation (the log and the environment file stay)",
@@ -76,19 +71,17 @@ _SCHEDULE_ENV = ("VAULT_ADDR", "VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_APPROLE
 @reports_errors
 def schedule(c, remove=False, credentials_file=None, method="auto", when=None):
     """Install (or --remove) the scheduled rotation on this machine: a systemd timer, or a cron entry."""
-    import os
     from pathlib import Path
 
-    from ..settings import ROOT
     settings = Settings.from_env()
     if method not in ("auto", "systemd", "cron"):
         raise UserError(f"--method {method!r}: use auto, systemd or cron")
-    env = {k: os.environ[k] for k in _SCHEDULE_ENV if os.environ.get(k)}
+    env = dict(settings.schedule_env)
     env["PARTNERCERTS_INVENTORY"] = str(settings.inventory)
     env["PARTNERCERTS_STATE_DIR"] = str(settings.state_dir)
     if env.get("VAULT_CACERT"):
         env["VAULT_CACERT"] = str(Path(env["VAULT_CACERT"]).absolute())
-    extra = {"partnercerts_schedule_hosts": "localhost", "partnercerts_schedule_repo_dir": str(ROOT),
+    extra = {"partnercerts_schedule_hosts": "localhost", "partnercerts_schedule_repo_dir": str(checkout(settings)),
              "partnercerts_schedule_state": "absent" if remove else "present",
              "partnercerts_schedule_method": method, "partnercerts_schedule_environment": env}
     if credentials_file:
@@ -99,7 +92,7 @@ def schedule(c, remove=False, credentials_file=None, method="auto", when=None):
         if path.stat().st_mode & 0o077:
             raise UserError(f"--credentials-file {credentials_file}: readable by others; chmod 600 it first")
         extra["partnercerts_schedule_credentials_file"] = str(path)
-    elif os.environ.get("VAULT_ADDR") and not remove:
+    elif settings.vault.addr and not remove:
         raise UserError("the scheduled job needs its own Vault credentials: make them with "
                         "scripts/inv vault.secret-id --role rotator --out FILE, then pass --credentials-file FILE")
     if when:

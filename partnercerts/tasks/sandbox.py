@@ -1,251 +1,41 @@
 """sandbox.*: the local sandbox API (mutual TLS + client_id + Basic auth, like the PSA B2B API), in the background."""
 from __future__ import annotations
 
-import datetime as dt
 import json as jsonlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 from invoke import task
 
 from ..errors import UserError
-from ..settings import ROOT, Settings
+from ..sandbox import daemon
+from ..settings import Settings
 from ._common import reports_errors
 
-PORT_ENV = "PARTNERCERTS_SANDBOX_API_PORT"
-DEFAULT_PORT = 18443
-MODULE = "partnercerts.sandbox_api"
 
-
-# The server module loads pyOpenSSL and cryptography: imported when a sandbox task runs, not when
-# any task starts (every task loads this module through tasks.py).
-def fmt_host(addr: str) -> str:
-    from ..sandbox_api import fmt_host
-    return fmt_host(addr)
-
-
-def parse_address(addr: str):
-    from ..sandbox_api import parse_address
-    return parse_address(addr)
-START_SECONDS = 60  # connecting to Vault may first start the embedded OpenBao
-
-
-def default_port(env: dict | None = None) -> int:
-    raw = (os.environ if env is None else env).get(PORT_ENV)
-    return DEFAULT_PORT if raw in (None, "") else _port(raw, f"environment {PORT_ENV}")
-
-
-def _port(raw, what: str) -> int:
-    try:
-        value = int(str(raw))
-    except ValueError:
-        raise UserError(f"{what}={raw!r} is not a port number; use e.g. {DEFAULT_PORT}") from None
-    if not 1 <= value <= 65535:
-        raise UserError(f"{what}={value} is not a port number (1-65535); use e.g. {DEFAULT_PORT}")
-    return value
-
-
-class Daemon:
-    """The background server's files: <state_dir>/sandbox-api/{server.pid, server.json, server.log}."""
-
-    def __init__(self, settings: Settings):
-        self.dir = settings.state_dir / "sandbox-api"
-        self.pid_file = self.dir / "server.pid"
-        self.info_file = self.dir / "server.json"
-        self.log_file = self.dir / "server.log"
-
-    def pid(self) -> int | None:
-        """The pid of the running server, None when it is not running (a stale pidfile is ignored)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if _is_server(pid) else None
-
-    def info(self) -> dict:
-        try:
-            return jsonlib.loads(self.info_file.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def clear(self) -> None:
-        self.pid_file.unlink(missing_ok=True)
-        self.info_file.unlink(missing_ok=True)
-
-
-def _is_server(pid: int) -> bool:
-    """A live (not zombie) process running the sandbox API: a recycled pid is not taken for it."""
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
-            return False
-        return state not in ("Z", "X") and MODULE.encode() in cmdline
-    try:  # no /proc: the pid is alive, trust the pidfile
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
-def _urls(bind: list[str], port: int) -> list[str]:
-    from ..sandbox_api import BASE_PATH
-    return [f"https://{fmt_host(a)}:{port}{BASE_PATH}" for a in bind]
-
-
-def _probe_host(addr: str) -> str:
-    ip = parse_address(addr)
-    if ip.is_unspecified:
-        return "127.0.0.1" if ip.version == 4 else "::1"
-    return str(ip)
-
-
-def _accepts(addr: str, port: int) -> bool:
-    try:
-        with socket.create_connection((_probe_host(addr), port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _check_free(bind: list[str], port: int) -> None:
-    for addr in bind:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        try:
-            socket.create_server((addr, port), family=family).close()
-        except OSError as exc:
-            raise UserError(f"cannot listen on {fmt_host(addr)}:{port} ({exc.strerror or exc}); choose another "
-                            f"--port (or set {PORT_ENV}) or --bind address") from None
-
-
-def _last_error(log_file: Path, offset: int) -> str:
-    try:
-        with open(log_file, "rb") as fh:
-            fh.seek(offset)
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
-    errors = [line for line in lines if line.startswith("error:")]
-    return errors[-1].removeprefix("error:").strip() if errors else ""
-
-
-def _child_env(settings: Settings) -> dict:
-    """The caller's environment with every relative path made absolute: the server runs from the repository."""
-    env = dict(os.environ)
-    env["PARTNERCERTS_STATE_DIR"] = str(settings.state_dir)
-    env["PARTNERCERTS_INVENTORY"] = str(settings.inventory)
-    if env.get("VAULT_CACERT"):
-        env["VAULT_CACERT"] = str(Path(env["VAULT_CACERT"]).absolute())
-    if env.get("PARTNERCERTS_CA_FILE"):
-        env["PARTNERCERTS_CA_FILE"] = str(Path(env["PARTNERCERTS_CA_FILE"]).absolute())
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
-
-
-def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
-    """Start the server in the background unless it already runs there; returns the lines to print."""
-    daemon = Daemon(settings)
-    running = daemon.pid()
-    if running:
-        info = daemon.info()
-        if info.get("port") != port or info.get("bind") != addrs:
-            raise UserError(f"the sandbox API is already running (pid {running}) on "
-                            f"{', '.join(_urls(info.get('bind') or [], info.get('port') or 0))}; "
-                            "run scripts/inv sandbox.down first to start it elsewhere")
-        return [f"already running (pid {running}): {', '.join(_urls(addrs, port))}"]
-    _check_free(addrs, port)
-    daemon.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(daemon.dir, 0o700)
-    with open(daemon.log_file, "ab") as log:
-        offset = log.tell()
-        os.chmod(daemon.log_file, 0o600)
-        proc = subprocess.Popen([sys.executable, "-m", MODULE, "--port", str(port), "--bind", ",".join(addrs)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                cwd=ROOT, env=_child_env(settings))
-    daemon.pid_file.write_text(f"{proc.pid}\n")
-    daemon.info_file.write_text(jsonlib.dumps({
-        "pid": proc.pid, "port": port, "bind": addrs,
-        "started_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}) + "\n")
-    deadline = time.monotonic() + START_SECONDS
-    while not _accepts(addrs[0], port):
-        if proc.poll() is not None:
-            daemon.clear()
-            why = _last_error(daemon.log_file, offset) or f"it exited with status {proc.returncode}"
-            raise UserError(f"the sandbox API did not start: {why} (see {daemon.log_file})")
-        if time.monotonic() > deadline:
-            proc.terminate()
-            daemon.clear()
-            raise UserError(f"the sandbox API did not accept connections on port {port} within {START_SECONDS} s "
-                            f"(see {daemon.log_file})")
-        time.sleep(0.1)
-    from ..sandbox_api import BASE_PATH
-    return [f"sandbox API up (pid {proc.pid}): {', '.join(_urls(addrs, port))}",
-            f"  GET {BASE_PATH}/fleets?client_id=<Client ID> with the credential's certificate and key, "
-            "Basic auth MZP:password; verify the server with the sandbox CA (the partner's ca.crt)",
-            f"  log: {daemon.log_file}"]
-
-
-def ensure_running(settings: Settings) -> None:
-    """For inventories with `partnercerts_sandbox_api: true`: have the API up before hosts call it."""
-    if Daemon(settings).pid() is None:
-        for line in start(settings, default_port(), ["127.0.0.1"])[:1]:
-            print(line, file=sys.stderr)
-
-
-@task(help={"port": f"TCP port to listen on (default ${PORT_ENV}, else {DEFAULT_PORT})",
+@task(help={"port": f"TCP port to listen on (default ${daemon.PORT_ENV}, else {daemon.DEFAULT_PORT})",
             "bind": "comma-separated IP addresses to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"})
 @reports_errors
 def up(c, port=None, bind="127.0.0.1"):
     """Start the sandbox API in the background (mutual TLS with sandbox certificates, client_id, Basic auth)."""
-    port = _port(port, "--port") if port not in (None, "") else default_port()
-    addrs = list(dict.fromkeys(str(parse_address(a)) for a in bind.split(",") if a.strip()))
+    settings = Settings.from_env()
+    port = daemon.parse_port(port, "--port") if port not in (None, "") else settings.sandbox_api_port
+    addrs = list(dict.fromkeys(str(daemon.parse_address(a)) for a in bind.split(",") if a.strip()))
     if not addrs:
         raise UserError("--bind is empty; give at least one IP address, e.g. 127.0.0.1")
-    print("\n".join(start(Settings.from_env(), port, addrs)))
+    print("\n".join(daemon.start(settings, port, addrs)))
 
 
 @task
 @reports_errors
 def down(c):
     """Stop the background sandbox API."""
-    daemon = Daemon(Settings.from_env())
-    pid = daemon.pid()
-    if pid is None:
-        daemon.clear()
-        print("not running")
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while _is_server(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)
-    daemon.clear()
-    print("stopped")
+    print("stopped" if daemon.stop(Settings.from_env()) else "not running")
 
 
 @task(help={"json": "print the status as JSON"})
 @reports_errors
 def status(c, json=False):
     """Show whether the background sandbox API is running, where, and its log file."""
-    daemon = Daemon(Settings.from_env())
-    pid = daemon.pid()
-    info = daemon.info() if pid else {}
-    st = {
-        "running": pid is not None,
-        "pid": pid,
-        "urls": _urls(info.get("bind") or [], info.get("port") or 0) if pid else [],
-        "started_at": info.get("started_at") if pid else None,
-        "log": str(daemon.log_file),
-    }
+    st = daemon.status(Settings.from_env())
     if json:
         print(jsonlib.dumps(st, indent=2))
     else:

@@ -25,9 +25,10 @@ ADMIN_HINT = ("vault.bootstrap and vault.secret-id need an operator token (VAULT
 
 
 def _embedded() -> Embedded:
-    if os.environ.get("VAULT_ADDR"):
+    settings = Settings.from_env()
+    if settings.vault.addr:
         raise UserError("VAULT_ADDR is set, so the embedded server is not used; unset VAULT_ADDR to manage it")
-    return Embedded(Settings.from_env())
+    return Embedded(settings)
 
 
 @task
@@ -59,8 +60,8 @@ def status(c, json=False):
             print(f"{k}: {v}")
 
 
-def _approle_mount() -> str:
-    mount = (os.environ.get("VAULT_APPROLE_MOUNT") or "approle").strip("/")
+def _approle_mount(settings: Settings) -> str:
+    mount = settings.vault.approle_mount
     if not mount or any(part in ("", ".", "..") for part in mount.split("/")):
         raise UserError(f"environment VAULT_APPROLE_MOUNT={mount!r} is not a Vault path; use e.g. 'approle'")
     return mount
@@ -175,7 +176,7 @@ def bootstrap(c, role_ids=False):
     """
     settings = Settings.from_env()
     hcl = policies.rendered(settings.kv_mount, settings.prefix)  # refuses a bad mount or prefix before any write
-    approle = _approle_mount()
+    approle = _approle_mount(settings)
     client = connect(settings)
     addr = client.adapter.base_uri
     print(_enable_kv(client, settings, addr))
@@ -236,7 +237,7 @@ def secret_id(c, role, out=None):
     if path is not None:
         _refuse_unsafe_out(path)  # before a secret ID exists that would then lie around unused
     settings = Settings.from_env()
-    approle = _approle_mount()
+    approle = _approle_mount(settings)
     client = connect(settings)
     addr = client.adapter.base_uri
     name = policies.name(role)

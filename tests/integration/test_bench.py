@@ -1,4 +1,4 @@
-"""The benchmark (scripts/bench, partnercerts/bench.py) at its tiny size, so that its code never rots.
+"""The benchmark (scripts/bench, devtools/bench.py) at its tiny size, so that its code never rots.
 
 It starts its own OpenBao and SSH test hosts, seeds Vault and runs every case once: 10 credentials,
 10 CSRs, 2 hosts. Only the shape and sanity of the figures are checked here, never their speed:
@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
         pytest.skip("the benchmark's SSH test hosts need root")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "PARTNERCERTS_", "ANSIBLE_"))}
-    p = subprocess.run([sys.executable, "-m", "partnercerts.bench", "--size", "tiny", "--json", str(out)],
+    p = subprocess.run([sys.executable, "-m", "devtools.bench", "--size", "tiny", "--json", str(out)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return p.stdout, json.loads(out.read_text())

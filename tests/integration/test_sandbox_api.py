@@ -111,7 +111,7 @@ class Sandbox:
 
 
 def no_server(port: int) -> bool:
-    return subprocess.run(["pgrep", "-f", f"partnercerts.sandbox_api --port {port}"],
+    return subprocess.run(["pgrep", "-f", f"partnercerts.sandbox.api --port {port}"],
                           capture_output=True).returncode == 1
 
 

@@ -7,8 +7,9 @@ import pytest
 import requests
 
 from partnercerts.errors import VaultDenied, VaultUnavailable
-from partnercerts.settings import Settings
-from partnercerts.store import KeepAliveReader, Store
+from partnercerts.keepalive import KeepAliveReader
+from partnercerts.settings import Settings, VaultSettings
+from partnercerts.store import Store
 from partnercerts.vault import connect
 from tests.conftest import free_port
 
@@ -124,12 +125,14 @@ def test_a_denied_read_says_the_same_as_through_hvac(bao, mount):
         store.read("partnercerts/MZP700000/apps/fleet/current")
 
 
-def test_no_lean_reads_through_a_proxy_or_with_a_client_certificate(bao, monkeypatch):
+def test_no_lean_reads_through_a_proxy_or_with_a_client_certificate(bao):
     import hvac
-    assert KeepAliveReader.for_client(hvac.Client(url=bao.addr, token=bao.token)) is not None
-    assert KeepAliveReader.for_client(hvac.Client(url=bao.addr, token=bao.token, cert=("c.pem", "k.pem"))) is None
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert KeepAliveReader.for_client(hvac.Client(url=bao.addr, token=bao.token)) is None
+    plain = VaultSettings.from_env({})
+    assert KeepAliveReader.for_client(hvac.Client(url=bao.addr, token=bao.token), plain) is not None
+    assert KeepAliveReader.for_client(hvac.Client(url=bao.addr, token=bao.token, cert=("c.pem", "k.pem")),
+                                      plain) is None
+    proxied = VaultSettings.from_env({"HTTPS_PROXY": "http://proxy.example:3128"})
+    assert KeepAliveReader.for_client(hvac.Client(url=bao.addr, token=bao.token), proxied) is None
 
 
 def test_vault_down_is_reported_as_before(mount):

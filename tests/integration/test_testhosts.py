@@ -188,7 +188,7 @@ def test_cli_up_status_down(tmp_path_factory):
 OWNER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-import testhosts
+from devtools import testhosts
 testhosts.TestHosts(sys.argv[2], 1).up()
 print("up", flush=True)
 time.sleep(600)
@@ -199,7 +199,7 @@ time.sleep(600)
 def test_hosts_of_a_killed_owner_do_not_outlive_it(sig, tmp_path_factory, testhosts_factory):
     require_testhosts_environment()
     state = tmp_path_factory.mktemp("owner")
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(ROOT / "scripts"), str(state)],
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(ROOT), str(state)],
                              stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline() == "up\n"

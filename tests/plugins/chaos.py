@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from partnercerts.tasks.chaos import render_table
+from devtools.tasks.chaos import render_table
 
 _ROWS: list[dict] = []
 

@@ -1,4 +1,4 @@
-"""pytest plugin: real SSH integration hosts (scripts/testhosts.py) as fixtures.
+"""pytest plugin: real SSH integration hosts (devtools/testhosts.py) as fixtures.
 
 Fixtures:
     ssh_hosts            session: 3 running hosts (a TestHosts); always torn down at session end
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from partnercerts.devservers import load_testhosts
-from partnercerts.settings import ROOT  # noqa: F401 (tests import ROOT from here)
+from devtools import (
+    ROOT,  # noqa: F401 (tests import ROOT from here)
+    testhosts,
+)
 
-
-testhosts = load_testhosts()
 TestHosts = testhosts.TestHosts
 TestHostsError = testhosts.TestHostsError
 

@@ -1,4 +1,4 @@
-"""The policy templates under policies/ and their rendering for a mount and prefix."""
+"""The policy templates under partnercerts/policies/ and their rendering for a mount and prefix."""
 import re
 
 import pytest

@@ -2,7 +2,7 @@
 
 Its CA key lives in Vault (store.sandbox_path). It checks the CSR the way the real
 authority is documented to (signature, OU, CN = MZP) and signs with clientAuth. It also issues
-the TLS server certificate of the sandbox API (partnercerts/sandbox_api.py).
+the TLS server certificate of the sandbox API (partnercerts/sandbox/api.py).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import certs, keys
-from .errors import Conflict, IntegrityError, UserError
-from .profile import MZP_RE, OU
-from .store import AuthorityKey, Store
+from .. import certs, keys
+from ..errors import Conflict, IntegrityError, UserError
+from ..profile import MZP_RE, OU
+from ..store import AuthorityKey, Store
 
 CA_NAME = x509.Name([
     x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
@@ -55,7 +55,7 @@ class Authority:
         self.store = store
         self.validity_days = validity_days
         self.test_key_bits = test_key_bits
-        self._cached = None
+        self._cached: tuple | None = None
 
     def _ca(self, now: dt.datetime):
         # The CA record is written once (check-and-set 0) and never changes: read it once per Authority.
@@ -83,7 +83,7 @@ class Authority:
             raise UserError("sandbox authority: the CSR signature does not verify; make a new CSR")
         ou = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
         cn = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        if ou != [OU] or len(cn) != 1 or not MZP_RE.fullmatch(cn[0]):
+        if ou != [OU] or len(cn) != 1 or not isinstance(cn[0], str) or not MZP_RE.fullmatch(cn[0]):
             raise UserError(f"sandbox authority: subject {csr.subject.rfc4514_string()!r} is not the partner profile "
                             f"(OU={OU}, CN=MZP + six digits)")
         ca_key, ca_cert = self._ca(now)

@@ -1,4 +1,4 @@
-"""bench: the benchmark of issue 6 (partnercerts/bench.py), the same as scripts/bench."""
+"""bench: the benchmark of issue 6 (devtools/bench.py), the same as scripts/bench."""
 from __future__ import annotations
 
 from invoke import task

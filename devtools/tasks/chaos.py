@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from ..settings import ROOT
+from .. import ROOT
 
 COLUMNS = (("fault", "fault"), ("runs", "runs"), ("result", "result"), ("outcome", "outcome"),
            ("keys_lost", "keys lost"), ("hosts_mixed", "hosts left mixed"))
@@ -30,7 +30,7 @@ def render_table(rows: list[dict]) -> str:
     widths = [max(len(row[i]) for row in [header] + table) for i in range(len(header))]
 
     def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(row) for row in table]
     return "\n".join(out)
@@ -39,7 +39,7 @@ def render_table(rows: list[dict]) -> str:
 @task(help={"k": "only faults whose test matches this pytest -k expression",
             "json": "also write the rows as JSON to this file"})
 def chaos(c, k=None, json=None):
-    """Run the fault tests (Vault failover and sealing, crashes, concurrency, host network and disk) and print their table."""
+    """Run the fault tests (Vault failover and sealing, crashes, concurrency, host network, disk); print their table."""
     with tempfile.TemporaryDirectory(prefix="partnercerts-chaos-") as tmp:
         report = Path(tmp) / "chaos.json"
         args = [sys.executable, "-m", "pytest", "tests", "-m", "fault", "-q", "-ra"]

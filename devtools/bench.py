@@ -3,7 +3,7 @@
     scripts/bench [--size full|tiny] [--repeat N] [--cases status,rotate,csr,deploy,memory] [--json FILE]
 
 Starts its own OpenBao (dev mode, loopback, a random port) and its own SSH test hosts
-(scripts/testhosts.py: one sshd per host in its own network namespace; needs root), seeds Vault
+(devtools/testhosts.py: one sshd per host in its own network namespace; needs root), seeds Vault
 itself, runs every command as a user would (a fresh `python -m invoke ... TASK` process) and prints
 one table of medians over `--repeat` runs, with the baseline measured in the same run beside each
 figure:
@@ -44,8 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .devservers import DevBao, load_testhosts
-from .settings import ROOT
+from . import ROOT, testhosts
+from .devservers import DevBao
 
 PY = sys.executable
 SIZES = {
@@ -213,11 +213,11 @@ class Bench:
 
     def core(self, mount: str, inventory: Path):
         """The core (a Toolkit over Store) on this mount, as the tasks build it."""
-        from . import inventory as inventory_mod
-        from .settings import Settings
-        from .store import Store
-        from .toolkit import Toolkit
-        from .vault import connect
+        from partnercerts import inventory as inventory_mod
+        from partnercerts.settings import Settings
+        from partnercerts.store import Store
+        from partnercerts.toolkit import Toolkit
+        from partnercerts.vault import connect
         e = self.env(mount, inventory)
         settings = Settings.from_env(e)
         return Toolkit(settings, inventory_mod.load(settings.inventory), Store(connect(settings, e), settings))
@@ -227,9 +227,10 @@ class Bench:
         through the core with check-and-set, as an import and a deploy leave them (test-size keys)."""
         from cryptography.hazmat.primitives.asymmetric import rsa
 
-        from . import certs, csr as csrmod, keys
-        from .sandbox import Authority
-        from .store import Index, iso
+        from partnercerts import certs, keys
+        from partnercerts import csr as csrmod
+        from partnercerts.sandbox import Authority
+        from partnercerts.store import Index, iso
 
         creds = self.core(mount, inventory)
         now = dt.datetime.now(dt.timezone.utc)
@@ -275,7 +276,7 @@ class Bench:
         return len(pairs)
 
     def current_paths(self, inventory: Path) -> list[str]:
-        from . import inventory as inventory_mod
+        from partnercerts import inventory as inventory_mod
         inv = inventory_mod.load(inventory)
         return [f"partnercerts/{p.mzp}/apps/{a.name}/current" for p, a in inv.credentials()]
 
@@ -405,7 +406,7 @@ class Bench:
                  f"outbox), all {c} cores", both, "s", floor,
                  f"{short(n)} bare RSA-2048 generations in one process (the floor)", ratio_kind="of floor", per=n,
                  per_unit="ms/cred",
-                 target=f"uses both cores, <=1.2x floor", met=b / fl <= 1.2 and (c < 2 or cores_used >= 1.5),
+                 target="uses both cores, <=1.2x floor", met=b / fl <= 1.2 and (c < 2 or cores_used >= 1.5),
                  extra=f"{cores_used:.1f} cores busy, {fl / b:.2f}x the floor's speed")
         o = statistics.median(one)
         self.add(f"csr-{short(n)}-1core", "the same with the toolkit and its workers pinned to one core "
@@ -420,7 +421,6 @@ class Bench:
             self.notes.append("deploy cases skipped: the SSH test hosts need root")
             log("deploy cases skipped: not root")
             return
-        testhosts = load_testhosts()
         missing = [t for t in (testhosts.SSHD, "ssh", "ssh-keygen", "ip", "unshare", "nsenter", "mount")
                    if not shutil.which(t)]
         if missing:
@@ -507,8 +507,8 @@ class Bench:
             per = f"{r['per']:.2f} {r['per_unit']}" if r["per"] is not None else "-"
             met = {True: "yes", False: "NO", None: "-"}[r["met"]] if self.args.size == "full" else "(tiny)"
             lines.append((r["case"], fig, base, ratio, per, r["target"] or "-", met, r["extra"] or ""))
-        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-        fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+        fmt = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()  # noqa: E731
         out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
         out.append("")
         width = max(len(r["case"]) for r in self.rows) if self.rows else 0
@@ -557,7 +557,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", choices=sorted(SIZES), default="full",
                     help="full: 1,000 credentials, 100 CSRs, 10 and 50 hosts, 10,000 for memory; "
                          "tiny: 10 credentials, 2 hosts, one run (for the test suite)")
-    ap.add_argument("--repeat", type=int, default=None, help="runs per figure, the median is shown (default: 5, tiny 1)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs per figure, the median is shown (default: 5, tiny 1)")
     ap.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(ALL_CASES)} (default: all)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write every run's figures to FILE as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, inventories) for inspection")

@@ -6,7 +6,7 @@ import sys
 
 from invoke import task
 
-from ..settings import ROOT
+from .. import ROOT
 
 
 @task(help={"k": "only tests matching this pytest -k expression",

@@ -1,22 +1,16 @@
-"""Throwaway local servers shared by the benchmark (partnercerts/bench.py) and the test suite:
-an OpenBao dev server on loopback, and the loader of scripts/testhosts.py (namespaced sshd hosts).
-Never used by the toolkit's own commands."""
+"""Throwaway local servers shared by the benchmark (devtools/bench.py) and the test suite: an OpenBao
+dev server on loopback. (The namespaced sshd hosts are devtools/testhosts.py.)"""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
-from .embedded import bao_binary
-from .settings import ROOT
-
-TESTHOSTS = ROOT / "scripts" / "testhosts.py"
+from partnercerts.embedded import bao_binary
 
 
 def free_port() -> int:
@@ -66,15 +60,3 @@ class DevBao:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-
-
-def load_testhosts():
-    """Import scripts/testhosts.py (scripts/ is not a package) once, as module "testhosts"."""
-    mod = sys.modules.get("testhosts")
-    if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == TESTHOSTS:
-        return mod
-    spec = importlib.util.spec_from_file_location("testhosts", TESTHOSTS)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["testhosts"] = mod  # dataclasses look their module up while it executes
-    spec.loader.exec_module(mod)
-    return mod

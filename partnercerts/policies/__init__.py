@@ -1,19 +1,19 @@
 """Least-privilege Vault policies and AppRoles: one per job (rotator, deployer, auditor).
 
-The policies ship as HCL templates in `policies/<role>.hcl` with `{{mount}}` and `{{prefix}}`
-placeholders, rendered for the configured KV v2 mount and prefix by `render`; `scripts/inv
-vault.bootstrap` writes them and binds each to an AppRole of the same name.
+The policies ship as HCL templates beside this module (`partnercerts/policies/<role>.hcl`, package
+data) with `{{mount}}` and `{{prefix}}` placeholders, rendered for the configured KV v2 mount and
+prefix by `render`; `scripts/inv vault.bootstrap` writes them and binds each to an AppRole of the
+same name.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from .errors import UserError
-from .settings import ROOT
+from ..errors import UserError
 
 ROLES = ("rotator", "deployer", "auditor")
-TEMPLATE_DIR = ROOT / "policies"
+TEMPLATE_DIR = Path(__file__).resolve().parent
 # What every AppRole gets; secret IDs do not expire (rotating them is the operator's job).
 ROLE_SETTINGS = {"token_ttl": 3600, "token_max_ttl": 4 * 3600, "secret_id_ttl": 0}
 

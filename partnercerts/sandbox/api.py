@@ -20,7 +20,7 @@ MZP for at most CACHE_SECONDS, so a rotation or a new password is seen within se
 has one line per request (time, peer, MZP, method, path without query string, status, reason)
 and never a secret.
 
-Run it with ``scripts/inv sandbox.up`` (background); ``python -m partnercerts.sandbox_api --port N
+Run it with ``scripts/inv sandbox.up`` (background); ``python -m partnercerts.sandbox.api --port N
 --bind ADDR[,ADDR]`` runs it in the foreground, connected to Vault exactly like the tasks.
 """
 from __future__ import annotations
@@ -32,15 +32,15 @@ import datetime as dt
 import hmac
 import ipaddress
 import json
-import os
 import select
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import TextIO
 from urllib.parse import parse_qsl
 
 from cryptography import x509
@@ -48,10 +48,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-from .errors import Error, UserError
-from .profile import MZP_RE
-from .sandbox import Authority
-from .store import Store
+from ..errors import Error, UserError
+from ..profile import MZP_RE
+from ..store import Store
+from .authority import Authority
 
 BASE_PATH = "/connectedcar/v3"
 REALM = "PSA B2B sandbox"
@@ -277,7 +277,7 @@ class SandboxAPI:
                 host = socket.gethostname()
                 names.append(host)
                 try:
-                    names += [info[4][0] for info in socket.getaddrinfo(host, None)]
+                    names += [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
                 except OSError:
                     pass
             else:
@@ -347,7 +347,7 @@ class SandboxAPI:
         while not self._stop.is_set():
             try:
                 sock, addr = lsock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -364,6 +364,7 @@ class SandboxAPI:
         peer = peer_of(addr)
         try:
             sock.setblocking(False)
+            assert self._ctx is not None  # set by start() before connections are accepted
             conn = SSL.Connection(self._ctx, sock)
             conn.set_accept_state()
             deadline = time.monotonic() + self.timeout
@@ -472,6 +473,7 @@ class SandboxAPI:
     # -- the application --------------------------------------------------------------------
     def answer(self, req: Request, cert: x509.Certificate | None) -> tuple[Reply, str]:
         """The reply to one parsed request from a client with this certificate, and the MZP to log."""
+        assert self.ca is not None  # set by start()
         mzp, why = check_client_cert(cert, self.ca, self.clock())
         if mzp is None:
             return error(495, why), "-"
@@ -522,7 +524,8 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
-        raise UserError(f"--bind {text!r}: not an IP address; use e.g. 127.0.0.1, or 0.0.0.0 for every interface") from None
+        raise UserError(f"--bind {text!r}: not an IP address; "
+                        "use e.g. 127.0.0.1, or 0.0.0.0 for every interface") from None
 
 
 def fmt_host(addr: str) -> str:
@@ -535,15 +538,16 @@ def peer_of(addr) -> str:
 
 # -- foreground entry point (what sandbox.up runs in the background) ----------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m partnercerts.sandbox_api",
+    parser = argparse.ArgumentParser(prog="python -m partnercerts.sandbox.api",
                                      description="Run the sandbox API in the foreground (scripts/inv sandbox.up "
                                                  "runs it in the background).")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
     parser.add_argument("--bind", default="127.0.0.1", help="comma-separated IP addresses to listen on")
     parser.add_argument("--base-path", default=BASE_PATH, help=f"path prefix of the API (default {BASE_PATH})")
     args = parser.parse_args(argv)
-    from .settings import Settings
-    from .vault import connect
+    from ..settings import Settings
+    from ..vault import connect
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         store = Store(connect(settings), settings)
@@ -555,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except Exception as exc:
-        if os.environ.get("PARTNERCERTS_DEBUG"):
+        if settings is not None and settings.debug:
             raise
         print(f"error: unexpected {type(exc).__name__} while starting the sandbox API; "
               "rerun with PARTNERCERTS_DEBUG=1 for the traceback", file=sys.stderr, flush=True)
