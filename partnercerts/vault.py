@@ -151,28 +151,31 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
 
 
 @contextlib.contextmanager
-def translated(addr: str, action: str, *, mount: str = "", path: str = ""):
+def translated(addr: str, action: str, *, mount: str = "", path: str = "",
+               denied: str = "use a token or AppRole whose policy allows it"):
     """The one place where hvac and requests exceptions become this toolkit's errors.
 
-    `action` names the request in messages ("GET secret/data/...", "writing secret/data/...")."""
+    `action` names the request in messages ("GET secret/data/...", "writing secret/data/..."); `path`, for a
+    data write (a lost check-and-set is a Conflict, a missing mount NotSetUp); `denied`, what to do when the
+    token may not make the request."""
     try:
         yield
     except hvac.exceptions.InvalidRequest as exc:
         if "check-and-set" in str(exc):
             raise Conflict(f"{path or action} was changed by another run while this one worked; "
                            "run the command again") from None
-        raise EnvironmentFault(f"Vault at {addr} refused {action}: {_first_line(exc)}") from None
+        raise EnvironmentFault(f"Vault at {addr} refused {action} ({_first_line(exc)})") from None
     except hvac.exceptions.InvalidPath:
         if not path:
             raise
         raise NotSetUp(f"cannot write {mount}/data/{path} at {addr}: the KV v2 mount '{mount}' is missing; "
                        "create it", remedy=Remedy.BOOTSTRAP) from None
     except hvac.exceptions.Forbidden:
-        raise VaultDenied(f"Vault at {addr} denied {action}; use a token or AppRole whose policy allows it") from None
+        raise VaultDenied(f"Vault at {addr} denied {action}; {denied}") from None
     except hvac.exceptions.VaultDown:
         raise VaultUnavailable(f"Vault at {addr} is sealed or down; unseal it", remedy=Remedy.VAULT_UP) from None
     except hvac.exceptions.VaultError as exc:
-        raise EnvironmentFault(f"Vault at {addr} failed {action}: {_first_line(exc)}") from None
+        raise EnvironmentFault(f"Vault at {addr} failed {action} ({_first_line(exc)})") from None
     except requests.exceptions.RequestException as exc:
         raise VaultUnavailable(unreachable(addr, exc)) from None
 
@@ -184,5 +187,6 @@ def unreachable(addr: str, exc: Exception) -> str:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The first line that says something of an hvac error ("1 error occurred:" and bullets skipped)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "error occurred" not in ln]
+    return lines[0].lstrip("* ")[:200] if lines else type(exc).__name__

@@ -112,7 +112,7 @@ def test_policies_follow_a_non_default_mount_and_prefix(cli, bao):
 
 def test_bootstrap_with_a_role_token_is_denied_in_one_line(cli, mount, roles):
     r = cli("vault.bootstrap", ok=False, env=roles["auditor"])
-    assert r.rc == 2 and "denied" in r.err and "operator token" in r.err and r.err.count("\n") == 1
+    assert r.rc == 4 and "denied" in r.err and "operator token" in r.err and r.err.count("\n") == 1
 
 
 # -- rotator ---------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_auditor_runs_status_and_reads_no_data(cli, bao, mount, raw, rotated, ro
     denied(kv(a).update_metadata, f"{P}/{CRED}/current", custom_metadata={"serial": "x"}, mount_point=mount)
     denied(kv(a).delete_metadata_and_all_versions, f"{P}/{CRED}/current", mount_point=mount)
     r = cli("account", "--mzp", "MZP654321", input="another password\n", ok=False, env=env)
-    assert r.rc == 2 and "denied" in r.err
+    assert r.rc == 4 and "denied" in r.err
     assert raw.snapshot() == before
 
 
@@ -201,7 +201,7 @@ def test_deployer_reads_current_and_account_writes_hosts_and_nothing_else(cli, b
     before = raw.snapshot()
     for args in (["csr", "--mzp", "MZP654321", "--app", "fleet"], ["csr", "--mzp", "MZP654321", "--app", "big", "--force"]):
         r = cli(*args, ok=False, env=env)
-        assert r.rc == 2 and r.err.count("\n") == 1 and "denied" in r.err and "Vault at" in r.err, r.err
+        assert r.rc == 4 and r.err.count("\n") == 1 and "denied" in r.err and "Vault at" in r.err, r.err
     assert raw.snapshot() == before
 
 
