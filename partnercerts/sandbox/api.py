@@ -239,6 +239,76 @@ class _Closed(Exception):
     pass
 
 
+class TlsStream:
+    """One non-blocking TLS connection with deadlines: the handshake, the request head, the reply, the close."""
+
+    def __init__(self, conn: SSL.Connection, sock: socket.socket, stop: threading.Event):
+        self.conn, self.sock, self.stop = conn, sock, stop
+
+    @staticmethod
+    def wait(sock: socket.socket, events: int, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Timeout()
+        poller = select.poll()
+        poller.register(sock, events)
+        if not poller.poll(left * 1000):
+            raise _Timeout()
+
+    def io(self, fn, deadline: float, *args):
+        while True:
+            if self.stop.is_set():
+                raise _Closed()
+            try:
+                return fn(*args)
+            except SSL.WantReadError:
+                self.wait(self.sock, select.POLLIN, deadline)
+            except SSL.WantWriteError:
+                self.wait(self.sock, select.POLLOUT, deadline)
+
+    def read_head(self, deadline: float) -> bytes:
+        buf = bytearray()
+        while True:
+            ends = [i for i in (buf.find(b"\r\n\r\n"), buf.find(b"\n\n")) if i >= 0]
+            if ends:
+                end = min(ends)
+                if end > MAX_HEAD_BYTES:
+                    raise _TooLarge()
+                return bytes(buf[:end])
+            if len(buf) > MAX_HEAD_BYTES:
+                raise _TooLarge()
+            chunk = self.io(self.conn.recv, deadline, 4096)
+            if not chunk:
+                raise _Closed()
+            buf += chunk
+
+    def send(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self.io(self.conn.send, deadline, view)
+            view = view[sent:]
+
+    def finish(self) -> None:
+        """close_notify, then drain what the client still sends (briefly), so closing does not reset
+        the connection before the client has read the answer."""
+        try:
+            self.conn.shutdown()
+        except (SSL.Error, OSError):
+            pass
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            drained = 0
+            while drained < 65536:
+                self.wait(self.sock, select.POLLIN, deadline)
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except (_Timeout, OSError):
+            pass
+
+
 class SandboxAPI:
     """The sandbox API on one port of one or more addresses; `start()` returns once it accepts connections."""
 
@@ -368,8 +438,9 @@ class SandboxAPI:
             conn = SSL.Connection(self._ctx, sock)
             conn.set_accept_state()
             deadline = time.monotonic() + self.timeout
+            stream = TlsStream(conn, sock, self._stop)
             try:
-                self._io(conn, sock, conn.do_handshake, deadline)
+                stream.io(conn.do_handshake, deadline)
             except (SSL.SysCallError, SSL.ZeroReturnError, _Closed):
                 return  # closed before or during the handshake (e.g. a port probe): nothing to log
             except (_Timeout, SSL.Error, OSError) as exc:
@@ -378,7 +449,7 @@ class SandboxAPI:
             cert = conn.get_peer_certificate(as_cryptography=True)
             method, path, mzp = "-", "-", "-"
             try:
-                head = self._read_head(conn, sock, deadline)
+                head = stream.read_head(deadline)
                 req = parse_head(head)
                 method, path = req.method, req.path
                 reply, mzp = self.answer(req, cert)
@@ -394,10 +465,10 @@ class SandboxAPI:
                 reply = error(500, f"unexpected {type(exc).__name__}")
             self._log_line(peer, mzp, method, path, str(reply.status), reply.reason)
             try:
-                self._send(conn, sock, reply.to_bytes(), time.monotonic() + self.timeout)
+                stream.send(reply.to_bytes(), time.monotonic() + self.timeout)
             except (_Timeout, _Closed, SSL.Error, OSError):
                 return
-            self._finish(conn, sock)
+            stream.finish()
         except Exception as exc:
             self._log_line(peer, "-", "-", "-", "-", f"connection error: {type(exc).__name__}")
         finally:
@@ -406,69 +477,6 @@ class SandboxAPI:
             except OSError:
                 pass
             self._slots.release()
-
-    @staticmethod
-    def _wait(sock: socket.socket, events: int, deadline: float) -> None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _Timeout()
-        poller = select.poll()
-        poller.register(sock, events)
-        if not poller.poll(left * 1000):
-            raise _Timeout()
-
-    def _io(self, conn: SSL.Connection, sock: socket.socket, fn, deadline: float, *args):
-        while True:
-            if self._stop.is_set():
-                raise _Closed()
-            try:
-                return fn(*args)
-            except SSL.WantReadError:
-                self._wait(sock, select.POLLIN, deadline)
-            except SSL.WantWriteError:
-                self._wait(sock, select.POLLOUT, deadline)
-
-    def _read_head(self, conn: SSL.Connection, sock: socket.socket, deadline: float) -> bytes:
-        buf = bytearray()
-        while True:
-            ends = [i for i in (buf.find(b"\r\n\r\n"), buf.find(b"\n\n")) if i >= 0]
-            if ends:
-                end = min(ends)
-                if end > MAX_HEAD_BYTES:
-                    raise _TooLarge()
-                return bytes(buf[:end])
-            if len(buf) > MAX_HEAD_BYTES:
-                raise _TooLarge()
-            chunk = self._io(conn, sock, conn.recv, deadline, 4096)
-            if not chunk:
-                raise _Closed()
-            buf += chunk
-
-    def _send(self, conn: SSL.Connection, sock: socket.socket, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            sent = self._io(conn, sock, conn.send, deadline, view)
-            view = view[sent:]
-
-    def _finish(self, conn: SSL.Connection, sock: socket.socket) -> None:
-        """close_notify, then drain what the client still sends (briefly), so closing does not reset
-        the connection before the client has read the answer."""
-        try:
-            conn.shutdown()
-        except (SSL.Error, OSError):
-            pass
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0
-            drained = 0
-            while drained < 65536:
-                self._wait(sock, select.POLLIN, deadline)
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                drained += len(chunk)
-        except (_Timeout, OSError):
-            pass
 
     # -- the application --------------------------------------------------------------------
     def answer(self, req: Request, cert: x509.Certificate | None) -> tuple[Reply, str]:
