@@ -68,7 +68,8 @@ class Importer:
     def import_cert(self, mzp: str, app: str, cert: Source, now: dt.datetime, ca: Source | None = None,
                     client_id: str | None = None, submission: str = "", submitted_at: str = "") -> ImportResult:
         """Pass a certificate through the strict gate and make it current; on any refusal nothing changes."""
-        from . import certs, csr as csrmod
+        from . import certs
+        from . import csr as csrmod
         self.inventory.partner(mzp).app(app)
         if client_id is not None:
             check_client_id(client_id)

@@ -8,7 +8,8 @@ from typing import Any
 
 def new_key_and_csr(key_spec: str, subject) -> tuple[str, str, str]:
     """A new private key and its CSR for `subject`, as PEM, and the public key's SHA-256."""
-    from . import csr as csrmod, keys
+    from . import csr as csrmod
+    from . import keys
     key = keys.generate(key_spec)
     return keys.to_pem(key), csrmod.to_pem(csrmod.build(subject, key)), keys.spki_sha256(key.public_key())
 

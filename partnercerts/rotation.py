@@ -15,7 +15,7 @@ from .lifecycle import Action, Step
 from .lock import Held, Lock, whoami
 from .pending import CsrResult
 from .planner import Row
-from .store import RunRecord, iso, parse_time
+from .store import iso, parse_time
 from .submitter import Outcome, SubmitResult
 from .toolkit import Toolkit
 

@@ -12,8 +12,8 @@ from invoke.exceptions import Exit
 
 from ..errors import Remedy, UserError
 from ._ansible import playbook
-from ._hints import HINTS
 from ._common import hinted, info, now, reports_errors, toolkit
+from ._hints import HINTS
 
 MZP_HELP = "partner login, e.g. MZP123456 (as defined in the inventory)"
 APP_HELP = "application name of that partner (as defined in the inventory)"

@@ -16,7 +16,6 @@ from ..vault import connect
 from ._common import info, reports_errors
 
 
-
 def _embedded() -> Embedded:
     settings = Settings.from_env()
     if settings.vault.addr:

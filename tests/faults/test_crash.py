@@ -11,7 +11,6 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-
 from tests.faults.conftest import MZP, audit, kill_group, make_world, new_mount, released_keys, sign_pending
 
 APP = "fleet"

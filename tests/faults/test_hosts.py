@@ -15,12 +15,11 @@ import uuid
 import pytest
 
 from partnercerts import inventory as inventory_mod
-from partnercerts.toolkit import Toolkit
 from partnercerts.settings import Settings
 from partnercerts.store import Store
+from partnercerts.toolkit import Toolkit
 from partnercerts.vault import connect
-from tests.faults.conftest import (MZP, clean_failure, finish, host_release, kill_group, make_world, new_mount,
-                                   unseal)
+from tests.faults.conftest import MZP, clean_failure, finish, host_release, kill_group, make_world, new_mount, unseal
 from tests.faults.proxy import VaultProxy
 
 APP = "fleet"

@@ -6,8 +6,8 @@ loopback proxy that drops every connection from a chosen request on; the proxy p
 exactly (the n-th write to a given path, before or after the server did it)."""
 import datetime as dt
 import email
-import json
 import email.policy
+import json
 
 import pytest
 import yaml
@@ -16,8 +16,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import free_port
-from tests.faults.conftest import (MZP, audit, clean_failure, csr_key, finish, make_world, new_mount, released_keys,
-                                   sign_pending, unseal, versions)
+from tests.faults.conftest import (
+    MZP,
+    audit,
+    clean_failure,
+    csr_key,
+    finish,
+    make_world,
+    new_mount,
+    released_keys,
+    sign_pending,
+    unseal,
+    versions,
+)
 from tests.plugins.chaos import fault_run
 
 APP = "fleet"

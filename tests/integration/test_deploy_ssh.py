@@ -218,8 +218,8 @@ def test_a_certificate_that_does_not_match_its_key_is_never_switched_in(fleet, c
     old = fleet.vault_serial()
     cur = raw.read(f"{CRED}/current")
     # Corrupt what Vault holds (as a broken import or a bad restore would): another key beside the certificate.
-    from tests.pki import key
     from partnercerts import keys
+    from tests.pki import key
     bad = dict(cur["data"], key_pem=keys.to_pem(key()), serial="0BAD")
     raw.c.secrets.kv.v2.create_or_update_secret(f"partnercerts/{CRED}/current", bad, cas=cur["metadata"]["version"],
                                                 mount_point=raw.mount)

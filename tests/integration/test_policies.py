@@ -10,7 +10,6 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from partnercerts.errors import UserError
 from tests.conftest import Cli, free_port
 from tests.integration.test_core_csr import CRED
 
@@ -226,8 +225,8 @@ def test_deployer_deploys_and_verifies_a_host(cli, raw, rotated, roles, inventor
 
 def test_deployer_records_hosts_and_refreshes_the_index(env, bao, mount, raw, rotated, roles):
     from partnercerts import inventory
-    from partnercerts.settings import Settings
     from partnercerts.hostreports import Checked
+    from partnercerts.settings import Settings
     from partnercerts.store import Store
     from partnercerts.toolkit import Toolkit
     from partnercerts.vault import connect

@@ -7,8 +7,8 @@ import stat
 import pytest
 
 from partnercerts import metrics
-from partnercerts.planner import Row
 from partnercerts.errors import UserError
+from partnercerts.planner import Row
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
