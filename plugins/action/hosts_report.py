@@ -49,7 +49,8 @@ def failed_report(why):
 
 def credential_names(value):
     """("MZP", "app") pairs of a list of "MZP/app" strings (partnercerts_deploy_only)."""
-    return {(m, a) for m, _, a in (to_text(x).partition("/") for x in value or [])}
+    parts = (to_text(x).partition("/") for x in value or [])
+    return {(p[0], p[2]) for p in parts}
 
 
 class ActionModule(ActionBase):

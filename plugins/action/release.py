@@ -59,4 +59,3 @@ class ActionModule(ActionBase):
         result.update(module)
         result["partnercerts"] = {"mzp": mzp, "app": app, "state": state}
         return result
-

@@ -15,7 +15,7 @@ description:
     messages of the tasks that failed.
   - It changes nothing and records nothing; the partnercerts_deploy role records host sync in Vault
     itself (M(partnercerts.psa.hosts_report)).
-author: partnercerts contributors
+author: partnercerts contributors (!UNKNOWN)  # no GitHub handle yet
 requirements:
   - enabled in C(callbacks_enabled) (this repository's C(ansible.cfg) enables it)
 """

@@ -8,6 +8,7 @@ class ModuleDocFragment:
     """What every plugin that reads or writes Vault through the partnercerts core needs on the controller."""
 
     DOCUMENTATION = r"""
+options: {}
 requirements:
   - the C(partnercerts) Python package on the controller, in the Python that runs ansible-playbook
     (C(pip install partnercerts); from its repository, C(pip install .)); it brings C(hvac) and C(cryptography)

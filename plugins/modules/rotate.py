@@ -19,7 +19,7 @@ description:
     notifications, writes the metrics and releases the lock.
   - If another run holds the lock, I(state=start) changes nothing and says who holds it.
 version_added: 0.1.0
-author: partnercerts contributors
+author: partnercerts contributors (!UNKNOWN)  # no GitHub handle yet
 extends_documentation_fragment:
   - partnercerts.psa.vault
 attributes:
@@ -28,7 +28,9 @@ attributes:
     description: Use O(dry_run) to see the plan without changing anything.
   diff_mode:
     support: none
+    description: Nothing to show as a diff.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller.
 options:
@@ -102,7 +104,7 @@ applied:
   type: list
   elements: str
 failed_credentials:
-  description: Credentials whose step failed, each C(MZP/app: why); the task fails when it is not empty.
+  description: "Credentials whose step failed, each C(MZP/app: why); the task fails when it is not empty."
   returned: with state=start, unless another run holds the lock
   type: list
   elements: str
