@@ -689,8 +689,8 @@ def smoke(module, p):
     safe_url = p["url"]
     try:
         with urls.open_url(url, headers={"Authorization": "Basic " + token, "Accept": "application/json"},
-                      ca_path=os.path.join(current, "ca.crt"), client_cert=os.path.join(current, "client.crt"),
-                      client_key=os.path.join(current, "client.key"), timeout=p["timeout"]) as resp:
+                           ca_path=os.path.join(current, "ca.crt"), client_cert=os.path.join(current, "client.crt"),
+                           client_key=os.path.join(current, "client.key"), timeout=p["timeout"]) as resp:
             return {"changed": False, "status": resp.status, "url": safe_url}
     except HTTPError as exc:
         body = exc.read(300).decode("utf-8", "replace")
