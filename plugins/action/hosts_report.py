@@ -60,12 +60,23 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        task_vars = task_vars or {}
-        core.require()
         args = self._task.args
         for name in ("hosts", "only"):
             if args.get(name) is not None and not isinstance(args[name], list):
                 raise AnsibleActionFail("%s must be a list, not %r" % (name, args[name]))
+        # Run once for the whole play: a failure here would stop every host's play, and hide why each
+        # host failed; so whatever goes wrong in recording is a warning.
+        try:
+            core.require()
+            recorded = self._record(args, task_vars or {})
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self._display.warning("partnercerts: could not record host sync in Vault: %s"
+                                  % (exc if isinstance(exc, AnsibleActionFail) else type(exc).__name__))
+            recorded = []
+        result.update(changed=False, credentials=recorded)
+        return result
+
+    def _record(self, args, task_vars):
         hostvars = task_vars["hostvars"]
         universe = args.get("hosts")
         if universe is None:  # every host the play targets, --limit or not: a limited run must not forget the others
@@ -114,11 +125,10 @@ class ActionModule(ActionBase):
             if not self._task.check_mode:
                 try:
                     entry["hosts_in_sync"], entry["hosts_total"] = core.record_hosts(mzp, app, got, hosts | set(got))
-                except Exception as exc:  # reporting must never hide the run's own outcome
+                except Exception as exc:  # pylint: disable=broad-exception-caught
                     self._display.warning("partnercerts: could not record host sync of %s/%s in Vault: %s"
                                           % (mzp, app, exc if isinstance(exc, AnsibleActionFail)
                                              else type(exc).__name__))
                     entry["error"] = type(exc).__name__
             recorded.append(entry)
-        result.update(changed=False, credentials=recorded)
-        return result
+        return recorded

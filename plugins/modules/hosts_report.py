@@ -20,7 +20,8 @@ description:
     a host not checked keeps its last report; a host that no longer uses the credential, or is no longer
     in the inventory, is forgotten. A run limited with C(--limit) forgets no other host.
   - A credential named in O(only) that no host uses is recorded as having no hosts.
-  - It never fails the run because Vault could not be written (a warning says so), and never reports a change.
+  - It never fails the run because Vault could not be written or the core is missing (a warning says so,
+    and the other tasks fail with the reason), and never reports a change.
 version_added: 0.1.0
 author: partnercerts contributors (!UNKNOWN)  # no GitHub handle yet
 extends_documentation_fragment:
