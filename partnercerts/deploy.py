@@ -1,6 +1,6 @@
 """What a host gets for one credential, and how what a host has compares with Vault.
 
-Used by the Ansible action plugin (plugins/action/partnercerts_release.py) on the control
+Used by the Ansible action plugin (plugins/action/release.py, through plugins/plugin_utils/core.py) on the control
 node: secrets go from Vault to the module's arguments in memory, never to a file here.
 """
 from __future__ import annotations

@@ -290,7 +290,7 @@ def test_no_secret_in_ansible_output_even_at_vvv_nor_on_the_control_node(fleet, 
                        env=run_env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout + p.stderr
-    assert "ESTABLISH SSH CONNECTION" in out and "partnercerts_release" in out  # really -vvv, really deployed
+    assert "ESTABLISH SSH CONNECTION" in out and "partnercerts/psa/plugins/modules/release.py" in out  # -vvv, deployed
     cli.assert_clean(Result(p.returncode, p.stdout, p.stderr))
     key_body = fleet.raw.read(f"{CRED}/current")["data"]["key_pem"].splitlines()[1]
     assert key_body not in out

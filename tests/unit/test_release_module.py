@@ -1,4 +1,4 @@
-"""The host side of a release (plugins/modules/partnercerts_release.py) on a real filesystem with real openssl."""
+"""The host side of a release (plugins/modules/release.py, partnercerts.psa.release) on a real filesystem with real openssl."""
 import base64
 import datetime as dt
 import importlib.util
@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 from tests.fixtures.make_corpus import DEST_RULE, HOSTILE_DESTS, LITERAL_DEST
 from tests.pki import CA, key
 
-spec = importlib.util.spec_from_file_location("partnercerts_release", ROOT / "plugins/modules/partnercerts_release.py")
+spec = importlib.util.spec_from_file_location("partnercerts_psa_release", ROOT / "plugins/modules/release.py")
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 

@@ -1,42 +1,256 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
+# Copyright (c) partnercerts contributors
+# MIT License (see LICENSE)
 """Host side of a partnercerts release: stage, check, switch atomically, roll back, inspect."""
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-module: partnercerts_release
-short_description: Numbered credential releases with one atomically switched C(current) symlink
+module: release
+short_description: Numbered credential releases on a host, with one atomically switched C(current) symlink
 description:
-  - Lays out C(<dest>/releases/<name>/) with client.crt, client.key, ca.crt, client.p12 and client.env,
-    checks on the host that key and certificate match and the certificate is valid, then points
-    C(<dest>/current) at it with a single rename of a symlink.
-  - Normally called through the action plugin of the same name, which reads the credential from
-    Vault on the control node; secrets never appear in the task's arguments or results.
+  - Lays out C(<dest>/releases/<name>/) with C(client.crt), C(client.key), C(ca.crt), C(client.p12) and
+    C(client.env), checks on the host that key and certificate match and that the certificate is valid,
+    then points C(<dest>/current) at it with a single rename of a symlink. A host already serving the
+    release changes nothing.
+  - Runs through the action plugin of the same name, which reads the credential from Vault on the
+    controller (through the partnercerts core) and compares what the host serves with Vault; secrets
+    never appear in the task's arguments or results.
+  - The C(partnercerts_deploy) role of this collection drives it (stage, validate, reload, verify, smoke,
+    roll back on failure).
+version_added: 0.1.0
+author: partnercerts contributors (!UNKNOWN)  # no GitHub handle yet
+extends_documentation_fragment:
+  - partnercerts.psa.vault
+  - partnercerts.psa.vault.credential
+attributes:
+  check_mode:
+    support: full
+    description: With V(present), says which release would become current, and changes nothing.
+  diff_mode:
+    support: full
+    description: The release C(current) points at, before and after.
+  platform:
+    support: full
+    platforms: posix
+    description: The module runs on the host; its action plugin reads Vault on the controller.
 options:
   dest:
-    description: Credential directory on the host; an absolute, normalised path without C(..) components
-      (C(/etc/psa/fleet), never C(../psa), C(psa/fleet), C(/etc/psa/../x) or C(/etc/psa/)).
+    description:
+      - Credential directory on the host; an absolute, normalised path without C(..) components
+        (C(/etc/psa/fleet), never C(../psa), C(psa/fleet), C(/etc/psa/../x) or C(/etc/psa/)).
     type: path
     required: true
   state:
-    description: C(present) stages and switches; C(rollback) points current back at C(to);
-      C(inspect) reports what current holds (read-only); C(smoke) calls the API with the deployed credential;
-      C(activated) records that the service was reloaded on current (clears the reload-pending mark a
-      switch leaves, so a deploy interrupted between its switch and its reload reloads on the next run),
-      then reports what current holds, as C(inspect) does.
+    description:
+      - V(present) reads Vault's current record of O(mzp)/O(app), stages it and switches C(current) to it;
+        unchanged, it compares what the host serves with Vault (as V(inspect) does, without a second call).
+      - V(rollback) points C(current) back at the release O(to).
+      - V(inspect) reports what C(current) holds and compares it with Vault (read-only); drift fails the task.
+      - V(smoke) calls the API at O(url) with the deployed credential (mutual TLS, C(client_id), Basic auth).
+      - V(activated) records that the service was reloaded on C(current) (clears the reload-pending mark a
+        switch leaves, so a deploy interrupted between its switch and its reload reloads on the next run),
+        then reports what C(current) holds, as V(inspect) does; with O(verify), compared with Vault.
     type: str
     choices: [present, rollback, inspect, smoke, activated]
     default: present
-  release_id: {description: Identity of the desired content (a hash of its sources)., type: str}
-  serial: {description: Certificate serial; names the release directory., type: str}
-  files: {description: File name to base64 content and mode. Secret., type: dict}
-  owner: {description: Owner of the files and directories., type: str}
-  group: {description: Group of the files and directories., type: str}
-  keep: {description: Releases to keep (current and previous always stay)., type: int, default: 3}
-  to: {description: Release directory name for C(rollback); empty removes current., type: str}
-  url: {description: URL for C(smoke)., type: str}
-  timeout: {description: Seconds for C(smoke)., type: int, default: 10}
-author: partnercerts
+  api_url:
+    description:
+      - The C(PSA_API_URL) written into C(client.env), with V(present).
+      - Default C(https://api-cert.groupe-psa.com/connectedcar/v3).
+    type: str
+  expiring_days:
+    description:
+      - When what the host serves is compared with Vault, a certificate with fewer days left than this
+        counts as drift (C(expiring)).
+      - Default V(14), or V(0) with O(state=present).
+    type: int
+  verify:
+    description:
+      - With O(state=activated), also compare what C(current) serves with Vault, in the same call.
+    type: bool
+    default: false
+  owner:
+    description: Owner of the files and directories; default the connecting user.
+    type: str
+  group:
+    description: Group of the files and directories; default the connecting user's.
+    type: str
+  keep:
+    description: Releases to keep on the host (C(current) and the previous one always stay).
+    type: int
+    default: 3
+  to:
+    description: Release directory name to make current with O(state=rollback); empty removes C(current).
+    type: str
+  url:
+    description: The API URL to call with O(state=smoke); C(client_id) is added to its query.
+    type: str
+  timeout:
+    description: Seconds to wait for the API with O(state=smoke).
+    type: int
+    default: 10
+  release_id:
+    description:
+      - Set by the action plugin with O(state=present) (a hash of the release's sources); do not set it.
+    type: str
+  serial:
+    description:
+      - Set by the action plugin with O(state=present) (the certificate serial; names the release directory);
+        do not set it.
+    type: str
+  files:
+    description:
+      - Set by the action plugin with O(state=present) (file name to base64 content and mode); secret, never
+        logged; do not set it.
+    type: dict
+notes:
+  - O(mzp) and O(app) are required with O(state=present), and to compare with Vault (O(state=inspect),
+    O(state=activated) with O(verify), and an unchanged O(state=present)).
+  - The host needs C(openssl) (the checks before switching use it) and a Python for the module.
+seealso:
+  - module: partnercerts.psa.hosts_report
+  - module: partnercerts.psa.rotate
+"""
+
+EXAMPLES = r"""
+- name: Deploy Vault's current certificate of MZP128745/fleet to /etc/psa/fleet
+  partnercerts.psa.release:
+    mzp: MZP128745
+    app: fleet
+    dest: /etc/psa/fleet
+    owner: fleetsvc
+    group: fleetsvc
+  register: fleet_release
+
+- name: Reload the service that reads /etc/psa/fleet/current
+  ansible.builtin.service:
+    name: fleet-service
+    state: reloaded
+  when: fleet_release is changed
+
+- name: Record the reload, and check that current serves Vault's certificate and key
+  partnercerts.psa.release:
+    state: activated
+    verify: true
+    mzp: MZP128745
+    app: fleet
+    dest: /etc/psa/fleet
+  when: fleet_release is changed
+
+- name: Call the API with all three credentials
+  partnercerts.psa.release:
+    state: smoke
+    dest: /etc/psa/fleet
+    url: https://api-cert.groupe-psa.com/connectedcar/v3/fleets
+
+- name: Compare what the host serves with Vault (fails on drift; changes nothing)
+  partnercerts.psa.release:
+    state: inspect
+    mzp: MZP128745
+    app: fleet
+    dest: /etc/psa/fleet
+    expiring_days: 30
+
+- name: Switch current back to the previous release
+  partnercerts.psa.release:
+    state: rollback
+    dest: /etc/psa/fleet
+    to: "{{ fleet_release.previous }}"
+  when: fleet_release.previous
+"""
+
+RETURN = r"""
+release:
+  description: The release directory (under C(<dest>/releases/)) that C(current) points at, after the task.
+  returned: with present, rollback, inspect and activated
+  type: str
+  sample: 4F2A9C01D3
+previous:
+  description: The release C(current) pointed at before the task.
+  returned: with present, and rollback when it switched
+  type: str
+  sample: 3E11B0A7C2
+switched:
+  description: Whether C(current) was switched to another release.
+  returned: with present
+  type: bool
+staged:
+  description: Whether a new release directory was written (a kept release is switched to again without).
+  returned: with present
+  type: bool
+removed:
+  description: Old releases removed beyond O(keep).
+  returned: with present
+  type: list
+  elements: str
+present:
+  description: Whether C(current) points at a release with a manifest.
+  returned: with inspect and activated
+  type: bool
+problems:
+  description: What is wrong with what C(current) holds, one line each (changed files, key not matching, ...).
+  returned: with inspect and activated
+  type: list
+  elements: str
+release_id:
+  description: Identity of the content C(current) holds (a hash of its sources).
+  returned: with inspect and activated, when current has a manifest
+  type: str
+serial:
+  description: Serial of the certificate C(current) serves.
+  returned: with inspect and activated; with present when nothing changed
+  type: str
+  sample: 4F2A9C01D3
+fingerprint_sha256:
+  description: SHA-256 fingerprint of that certificate (hex, lower case).
+  returned: with inspect and activated; with present when nothing changed
+  type: str
+key_sha256:
+  description: SHA-256 of the public key of C(client.key).
+  returned: with inspect and activated
+  type: str
+key_matches:
+  description: Whether C(client.key) is the key of C(client.crt).
+  returned: with inspect and activated
+  type: bool
+ca_fingerprint_sha256:
+  description: SHA-256 fingerprint of the first certificate of C(ca.crt).
+  returned: with inspect and activated
+  type: str
+not_before:
+  description: Start of the certificate's validity (ISO 8601).
+  returned: with inspect and activated
+  type: str
+not_after:
+  description: End of the certificate's validity (ISO 8601).
+  returned: with inspect and activated
+  type: str
+  sample: "2026-12-01T21:16:11+00:00"
+in_sync:
+  description: Whether the host serves Vault's current certificate, key and CA, valid for O(expiring_days) more.
+  returned: when what the host serves was compared with Vault
+  type: bool
+drift:
+  description: Why it is not in sync, one line each (C(missing), C(stale), C(mismatched), C(expiring), ...).
+  returned: when what the host serves was compared with Vault
+  type: list
+  elements: str
+  sample: ["stale: serves serial 3E11B0A7C2, Vault's current is 4F2A9C01D3"]
+status:
+  description: HTTP status of the API call.
+  returned: with smoke, when it answered 2xx
+  type: int
+  sample: 200
+url:
+  description: The URL called, without the C(client_id).
+  returned: with smoke
+  type: str
+partnercerts:
+  description: The credential and state of the task (C(mzp), C(app), C(state)), for the role's record of the run.
+  returned: always
+  type: dict
+  sample: {mzp: MZP128745, app: fleet, state: present}
 """
 
 import base64
@@ -52,8 +266,11 @@ import ssl
 import subprocess
 import tempfile
 import time
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils import urls
 
 MANIFEST = ".manifest.json"
 # Written (naming the release) just before current is switched, removed once the service was reloaded
@@ -155,7 +372,7 @@ def integrity(release_dir, manifest, uid, gid, modes):
 
 def openssl(args, data=None):
     try:
-        p = subprocess.run(["openssl"] + args, input=data, capture_output=True, timeout=30)
+        p = subprocess.run(["openssl"] + args, input=data, capture_output=True, timeout=30, check=False)
     except FileNotFoundError:
         raise Refused("openssl is not installed on this host; install it (the checks before switching need it)")
     return p
@@ -327,7 +544,8 @@ def prune(releases, keep, protect):
         if os.path.isdir(path) and not name.startswith("."):
             entries.append((os.lstat(path).st_mtime, name))
     entries.sort(reverse=True)
-    for _, name in entries[keep:]:
+    for entry in entries[keep:]:
+        name = entry[1]
         if name not in protect:
             shutil.rmtree(os.path.join(releases, name), ignore_errors=True)
             removed.append(name)
@@ -459,10 +677,6 @@ def read_env(path):
 
 def smoke(module, p):
     """Call the API with all three credentials of current: mutual TLS, client_id, Basic auth."""
-    try:
-        from urllib import error, parse, request
-    except ImportError:  # pragma: no cover
-        module.fail_json(msg="urllib is missing")
     current = os.path.join(p["dest"], "current")
     try:
         env = read_env(os.path.join(current, "client.env"))
@@ -470,19 +684,18 @@ def smoke(module, p):
         module.fail_json(msg="no deployed credential in %s" % current)
     url = p["url"]
     sep = "&" if "?" in url else "?"
-    url = "%s%sclient_id=%s" % (url, sep, parse.quote(env.get("PSA_CLIENT_ID", "")))
-    ctx = ssl.create_default_context(cafile=os.path.join(current, "ca.crt"))
-    ctx.load_cert_chain(os.path.join(current, "client.crt"), os.path.join(current, "client.key"))
+    url = "%s%sclient_id=%s" % (url, sep, quote(env.get("PSA_CLIENT_ID", "")))
     token = base64.b64encode(("%s:%s" % (env.get("PSA_MZP", ""), env.get("PSA_MZP_PASSWORD", ""))).encode()).decode()
-    req = request.Request(url, headers={"Authorization": "Basic " + token, "Accept": "application/json"})
     safe_url = p["url"]
     try:
-        with request.urlopen(req, context=ctx, timeout=p["timeout"]) as resp:
+        with urls.open_url(url, headers={"Authorization": "Basic " + token, "Accept": "application/json"},
+                           ca_path=os.path.join(current, "ca.crt"), client_cert=os.path.join(current, "client.crt"),
+                           client_key=os.path.join(current, "client.key"), timeout=p["timeout"]) as resp:
             return {"changed": False, "status": resp.status, "url": safe_url}
-    except error.HTTPError as exc:
+    except HTTPError as exc:
         body = exc.read(300).decode("utf-8", "replace")
         module.fail_json(msg="smoke call to %s answered HTTP %s: %s" % (safe_url, exc.code, body), status=exc.code)
-    except (error.URLError, OSError, ssl.SSLError) as exc:
+    except (URLError, urls.ConnectionError, OSError, ssl.SSLError) as exc:
         module.fail_json(msg="smoke call to %s failed: %s" % (safe_url, getattr(exc, "reason", exc)))
 
 
@@ -501,6 +714,12 @@ def main():
             to=dict(type="str"),
             url=dict(type="str"),
             timeout=dict(type="int", default=10),
+            # Used by the action plugin on the controller, documented here; the module ignores them.
+            mzp=dict(type="str"),
+            app=dict(type="str"),
+            api_url=dict(type="str"),
+            expiring_days=dict(type="int"),
+            verify=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
