@@ -230,8 +230,9 @@ def _explained(target: _Target, cafile: str | None, timeout: float):
         raise ServiceFailure(f"{target.shown}: no complete answer within {timeout:g} s; check the network path to "
                         f"{where} (proxy, firewall) and try again") from None
     except ssl.SSLError as exc:
-        raise ServiceFailure(f"{target.shown}: the TLS connection to {where} failed ({exc.reason or type(exc).__name__}); "
-                        "check the link and that the server speaks HTTPS") from None
+        raise ServiceFailure(f"{target.shown}: the TLS connection to {where} failed "
+                             f"({exc.reason or type(exc).__name__}); "
+                             "check the link and that the server speaks HTTPS") from None
     except ConnectionRefusedError:
         raise ServiceFailure(f"{target.shown}: connection refused by {where}; check the link and that the server is "
                         "up") from None
@@ -694,7 +695,10 @@ def _take_links(reply: Reply, kinds: dict[str, str], source: str) -> None:
 
 
 def _client_id(bodies: list[_Body], problems: list[str]) -> str | None:
-    """The Client ID written as 'Client ID: x', 'client_id=x', 'Identifiant client : x'...; None if absent or several."""
+    """The Client ID written as 'Client ID: x', 'client_id=x', 'Identifiant client : x'...
+
+    None if absent or several.
+    """
     found: list[str] = []
     for body in bodies:
         for m in CLIENT_ID_RE.finditer("\n".join(body.lines)):
