@@ -56,7 +56,8 @@ def load_bundle(data: bytes, source: str, max_bytes: int) -> list[x509.Certifica
     if not data.strip():
         raise GateError(f"{source}: empty input; give the certificate file the authority sent (PEM, DER or PKCS#7)")
     if len(data) > max_bytes:
-        raise GateError(f"{source}: {len(data)} bytes is over the {max_bytes}-byte limit; this is not a certificate file "
+        raise GateError(f"{source}: {len(data)} bytes is over the {max_bytes}-byte limit; "
+                        "this is not a certificate file "
                         "(raise PARTNERCERTS_MAX_INPUT_BYTES only if it really is)")
     certs: list[x509.Certificate] = []
     try:
@@ -73,9 +74,11 @@ def load_bundle(data: bytes, source: str, max_bytes: int) -> list[x509.Certifica
     except _MALFORMED:  # includes PKCS#7 that is not signed data (enveloped, ...): UnsupportedAlgorithm
         certs = []
     if not certs:
-        raise GateError(f"{source}: not a readable certificate (expected PEM, DER or PKCS#7); check you saved the right file")
+        raise GateError(f"{source}: not a readable certificate (expected PEM, DER or PKCS#7); "
+                        "check you saved the right file")
     if len(certs) > MAX_CERTS:
-        raise GateError(f"{source}: holds {len(certs)} certificates, more than {MAX_CERTS}; give the certificate and its chain only")
+        raise GateError(f"{source}: holds {len(certs)} certificates, more than {MAX_CERTS}; "
+                        "give the certificate and its chain only")
     return certs
 
 
@@ -138,10 +141,12 @@ def _check_subject(leaf: x509.Certificate, expected: x509.Name, source: str) -> 
 
 def _check_validity(leaf: x509.Certificate, now: dt.datetime, min_days: int, source: str) -> None:
     if now < leaf.not_valid_before_utc:
-        raise GateError(f"{source}: not valid before {leaf.not_valid_before_utc.isoformat()}; import it after that time "
+        raise GateError(f"{source}: not valid before {leaf.not_valid_before_utc.isoformat()}; "
+                        "import it after that time "
                         "or check this machine's clock")
     if now >= leaf.not_valid_after_utc:
-        raise GateError(f"{source}: expired on {leaf.not_valid_after_utc.isoformat()}; ask the authority for a new certificate")
+        raise GateError(f"{source}: expired on {leaf.not_valid_after_utc.isoformat()}; "
+                        "ask the authority for a new certificate")
     left = leaf.not_valid_after_utc - now
     if left < dt.timedelta(days=min_days):
         raise GateError(f"{source}: valid for {left.days} more days only, under the {min_days}-day minimum "
@@ -193,7 +198,8 @@ def _check_chain(leaf, extra, anchors, now: dt.datetime, source: str) -> list[x5
         seen.add(fingerprint(issuer))
         path.append(issuer)
         cert = issuer
-    raise GateError(f"{source}: chain is longer than {MAX_CHAIN_DEPTH} certificates or loops; give the certificate and its chain only")
+    raise GateError(f"{source}: chain is longer than {MAX_CHAIN_DEPTH} certificates or loops; "
+                    "give the certificate and its chain only")
 
 
 def gate(certs: list[x509.Certificate], *, pending_key_sha256: str, expected_subject: x509.Name,

@@ -82,7 +82,10 @@ class Conflict(Error):
 
 
 class EnvironmentFault(Error):
-    """A service around the toolkit is not usable: Vault (sealed, down, unreachable, denied, not set up), SMTP, downloads."""
+    """A service around the toolkit is not usable.
+
+    Vault (sealed, down, unreachable, denied, not set up), SMTP, downloads.
+    """
 
     exit_code = 4
 

@@ -79,6 +79,6 @@ class Indexer:
             else:
                 out[key] = (None, False)  # keeps the inventory's order
                 todo.append((partner.mzp, application.name))
-        for (mzp, app), found in zip(todo, self.store.read_indexes(todo)):
+        for (mzp, app), found in zip(todo, self.store.read_indexes(todo), strict=True):
             out[f"{mzp}/{app}"] = (found[0], found[0].current_version != str(found[1])) if found else (None, False)
         return out

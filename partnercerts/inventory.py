@@ -8,11 +8,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .errors import UserError, names, shown
 from .profile import Subject, check_app, check_email, check_key_spec, make_subject
+
+if TYPE_CHECKING:
+    from .mail import SmtpConfig
+    from .notify import NotifyConfig
 
 SUBMISSION_METHODS = ("sandbox", "outbox", "email")
 SUBMISSION_KEYS = {"method", "to", "from", "dir", "smtp"}
@@ -31,7 +36,7 @@ class Submission:
     to: str = ""
     sender: str = ""
     outbox_dir: str = ""
-    smtp: object = None  # mail.SmtpConfig for `email`
+    smtp: SmtpConfig | None = None  # for `email`
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class Inventory:
     path: Path
     partners: tuple[Partner, ...] = field(default_factory=tuple)
     sandbox_api: bool = False  # `partnercerts_sandbox_api: true`: tasks start the local sandbox API before deploying
-    notify: object = None  # notify.NotifyConfig from `partnercerts_notify`, or None
+    notify: NotifyConfig | None = None  # from `partnercerts_notify`
     metrics_textfile: str = ""  # `partnercerts_metrics_textfile`: rotate refreshes it
 
     def partner(self, mzp: str) -> Partner:

@@ -6,6 +6,7 @@ The benchmark (`scripts/bench`, status-1k) shows why it exists: hvac costs about
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -52,8 +53,8 @@ class KeepAliveReader:
     def __init__(self, adapter, ca_bundle: str | None = None):
         self.adapter = adapter
         self.ca_bundle = ca_bundle  # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, used as requests uses them
-        self.sock = None
-        self.rfile = None
+        self.sock: socket.socket | None = None
+        self.rfile: io.BufferedReader | None = None
         self.target: tuple = ()
         self.prefix = ""
         self.host = ""
@@ -117,6 +118,7 @@ class KeepAliveReader:
 
     def close(self) -> None:
         if self.sock is not None and self.pid == os.getpid():  # a forked child leaves its parent's socket alone
+            assert self.rfile is not None  # _connect() sets sock and rfile together
             for f in (self.rfile, self.sock):
                 try:
                     f.close()
@@ -183,15 +185,17 @@ class KeepAliveReader:
         the prefix that was answered (an URL that needs the adapter gets DELEGATE)."""
         requests_ = [self._request(u) for u in urls]
         if None in requests_:
-            return [DELEGATE if r is None else self.get(u) for u, r in zip(urls, requests_)] if len(urls) > 1 \
-                else [DELEGATE]
-        payload = b"".join(requests_)
+            if len(urls) > 1:
+                return [DELEGATE if r is None else self.get(u) for u, r in zip(urls, requests_, strict=True)]
+            return [DELEGATE]
+        payload = b"".join(r for r in requests_ if r is not None)  # all of them: None was handled above
         for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: once more on a new one
             reused = self.sock is not None
             got: list = []
             try:
                 if not self._connect():
                     return [DELEGATE] * len(urls)
+                assert self.sock is not None  # _connect() returned True: connected
                 self.sock.sendall(payload)
                 for _ in urls:
                     status, body, close = self._response()

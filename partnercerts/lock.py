@@ -13,6 +13,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from .errors import Conflict
 from .store import LockRecord, Store, iso
@@ -43,7 +44,16 @@ def _started(pid: int) -> str:
     return "" if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
 
 
-def owner(pid: int | None = None) -> dict[str, str]:
+class Owner(TypedDict):
+    """The LockRecord fields that name the process holding the lock."""
+
+    host: str
+    boot_id: str
+    pid: str
+    pid_started: str
+
+
+def owner(pid: int | None = None) -> Owner:
     """What identifies the process holding the lock: the run's own, or (rotate.yml) ansible-playbook's."""
     pid = pid or os.getpid()
     return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": str(pid), "pid_started": _started(pid)}

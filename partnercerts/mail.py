@@ -184,6 +184,7 @@ class _Session:
     def deliver(self, message: EmailMessage) -> None:
         config = self.config
         ctx = _tls_context(config) if config.security != "none" else None
+        smtp: smtplib.SMTP  # SMTP_SSL is one
         if config.security == "tls":
             self.smtp = smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=ctx)
         else:

@@ -23,6 +23,7 @@ from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
+from typing import overload
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 from cryptography import x509
@@ -200,7 +201,8 @@ def _read_capped(resp: http.client.HTTPResponse, sock: socket.socket, max_bytes:
     length = (resp.getheader("Content-Length") or "").strip()
     if length.isdigit() and int(length) > max_bytes:
         raise _over_limit(target, max_bytes)
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         sock.settimeout(_remaining(deadline))
         chunk = resp.read1(CHUNK)
@@ -230,8 +232,9 @@ def _explained(target: _Target, cafile: str | None, timeout: float):
         raise ServiceFailure(f"{target.shown}: no complete answer within {timeout:g} s; check the network path to "
                         f"{where} (proxy, firewall) and try again") from None
     except ssl.SSLError as exc:
-        raise ServiceFailure(f"{target.shown}: the TLS connection to {where} failed ({exc.reason or type(exc).__name__}); "
-                        "check the link and that the server speaks HTTPS") from None
+        raise ServiceFailure(f"{target.shown}: the TLS connection to {where} failed "
+                             f"({exc.reason or type(exc).__name__}); "
+                             "check the link and that the server speaks HTTPS") from None
     except ConnectionRefusedError:
         raise ServiceFailure(f"{target.shown}: connection refused by {where}; check the link and that the server is "
                         "up") from None
@@ -370,7 +373,7 @@ def _walk(part: Message, bodies: list[_Body], pieces: list[_Piece], depth: int) 
             for sub in subs:
                 _walk(sub, bodies, pieces, depth + 1)
     elif _is_cert_part(part):
-        pieces.append(_Piece(_part_name(part), part.get_payload(decode=True) or b""))
+        pieces.append(_Piece(_part_name(part), _decoded(part)))
     elif part.get_content_type() in ("text/plain", "text/html") and part.get_content_disposition() != "attachment":
         bodies.append(_body(part))
 
@@ -400,12 +403,19 @@ def _part_name(part: Message) -> str:
     return name if len(name) <= 80 else name[:80] + "…"
 
 
+def _decoded(part: Message) -> bytes:
+    """The payload of a leaf part with its transfer encoding undone; b"" when there is none."""
+    payload = part.get_payload(decode=True)  # bytes or None for a part that is not multipart
+    return payload if isinstance(payload, bytes) else b""
+
+
 def _body(part: Message) -> _Body:
     """A text part decoded (transfer encoding and charset) into lines and links."""
+    assert isinstance(part, EmailMessage)  # parsed with policy.default (_message): every part is one
     try:
         text = part.get_content()
     except (LookupError, UnicodeError):
-        text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+        text = _decoded(part).decode("utf-8", "replace")
     if part.get_content_type() == "text/html":
         parser = _HtmlText()
         parser.feed(text)
@@ -634,7 +644,12 @@ def _kind(url_words: set[str], text: str) -> str | None:
     return None
 
 
+@overload
+def _stronger(a: str, b: str | None) -> str: ...
+@overload
+def _stronger(a: str | None, b: str | None) -> str | None: ...
 def _stronger(a: str | None, b: str | None) -> str | None:
+    # None ranks below every kind: a kind and anything give a kind
     return a if RANK[a] >= RANK[b] else b
 
 
@@ -694,7 +709,10 @@ def _take_links(reply: Reply, kinds: dict[str, str], source: str) -> None:
 
 
 def _client_id(bodies: list[_Body], problems: list[str]) -> str | None:
-    """The Client ID written as 'Client ID: x', 'client_id=x', 'Identifiant client : x'...; None if absent or several."""
+    """The Client ID written as 'Client ID: x', 'client_id=x', 'Identifiant client : x'...
+
+    None if absent or several.
+    """
     found: list[str] = []
     for body in bodies:
         for m in CLIENT_ID_RE.finditer("\n".join(body.lines)):

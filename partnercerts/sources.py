@@ -36,7 +36,11 @@ def resolve(settings: Settings, *, cert: str | None = None, url: str | None = No
         return Resolved(download(url), ca_source, client_id)
     assert eml is not None
     found = reply.parse_eml(certs.read_file(eml, settings.max_eml_bytes), max_bytes=settings.max_eml_bytes, source=eml)
-    got = Source(found.cert, f"{eml} (attachment)") if found.cert is not None else download(found.cert_url)
+    if found.cert is not None:
+        got = Source(found.cert, f"{eml} (attachment)")
+    else:
+        assert found.cert_url is not None  # parse_eml refuses a reply with neither
+        got = download(found.cert_url)
     if ca_source is None and found.ca is not None:
         ca_source = Source(found.ca, f"{eml} (CA attachment)")
     elif ca_source is None and found.ca_url:

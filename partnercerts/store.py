@@ -373,7 +373,8 @@ class KV:
     def write(self, path: str, data: dict, cas: int) -> int:
         """Write a new version only if the path is still at version `cas` (0: must not exist)."""
         with translated(self.addr, f"writing {self.mount}/data/{path}", mount=self.mount, path=path):
-            resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}", json={"data": data, "options": {"cas": cas}})
+            resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}",
+                                            json={"data": data, "options": {"cas": cas}})
         return int(resp["data"]["version"])
 
     def list(self, path: str) -> list[str]:
@@ -525,7 +526,7 @@ class Store(KV):
             return [self._index(self._call("get", url)) for url in urls]
         got = self._reader.get_many(urls)
         return [self._index(self._adapter_call("get", url) if resp is DELEGATE else resp)
-                for url, resp in zip(urls, got)]
+                for url, resp in zip(urls, got, strict=True)]
 
     @staticmethod
     def _index(resp) -> tuple[Index, int] | None:

@@ -18,7 +18,9 @@ from .store import Pending, Store, iso
 
 if TYPE_CHECKING:
     from .importer import Importer, ImportResult
+    from .mail import SmtpConfig
     from .passwords import Passwords
+    from .sandbox import Authority
     from .settings import Settings
 
 
@@ -57,10 +59,10 @@ class SandboxTransport:
 
     def __init__(self, settings: "Settings", store: Store, importer: "Importer", passwords: "Passwords"):
         self.settings, self.store, self.importer, self.passwords = settings, store, importer, passwords
-        self._authority = None
+        self._authority: Authority | None = None
 
     @property
-    def authority(self):
+    def authority(self) -> Authority:
         if self._authority is None:
             from .sandbox import Authority
             self._authority = Authority(self.store, self.settings.sandbox_validity_days)
@@ -96,15 +98,21 @@ class EmailTransport:
         found = self.store.smtp(partner.mzp)
         return found.record.password if found and found.record.password else None
 
+    @staticmethod
+    def _smtp(partner: Partner) -> SmtpConfig:
+        smtp = partner.submission.smtp
+        assert smtp is not None  # an `email` submission always has one (inventory._submission)
+        return smtp
+
     def check(self, partner: Partner) -> None:
-        if partner.submission.smtp.user and not self._password(partner):
-            raise UserError(f"{partner.mzp}: no SMTP password in Vault for {partner.submission.smtp.user}; store it",
+        if self._smtp(partner).user and not self._password(partner):
+            raise UserError(f"{partner.mzp}: no SMTP password in Vault for {self._smtp(partner).user}; store it",
                             remedy=Remedy.STORE_SMTP_PASSWORD, mzp=partner.mzp)
 
     def deliver(self, request: Request) -> Delivery:
         from .mail import send
         assert request.message is not None
-        send(request.partner.submission.smtp, request.message, self._password(request.partner))
+        send(self._smtp(request.partner), request.message, self._password(request.partner))
         return Delivery(f"e-mailed to {request.partner.submission.to}")
 
 

@@ -80,6 +80,7 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
                 else:
                     nodes = nodes[:1]  # the active node found by the last look
             tls_only = True  # a certificate that fails verification on every node will not pass on a retry
+            last: Exception  # the failure of the last node tried (nodes is never empty)
             for uri in nodes:
                 self.base_uri = uri
                 try:

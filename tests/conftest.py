@@ -108,8 +108,8 @@ class Raw:
                     walk(p + "/" + k.rstrip("/"))
                 else:
                     m = self.c.secrets.kv.v2.read_secret_metadata(p + "/" + k, mount_point=self.mount)["data"]
-                    out[p + "/" + k] = (m["current_version"], m.get("custom_metadata"),
-                                        self.read((p + "/" + k).removeprefix(self.prefix + "/")) if m["current_version"] else None)
+                    data = self.read((p + "/" + k).removeprefix(self.prefix + "/")) if m["current_version"] else None
+                    out[p + "/" + k] = (m["current_version"], m.get("custom_metadata"), data)
         walk(self.prefix)
         return out
 

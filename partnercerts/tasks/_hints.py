@@ -10,7 +10,8 @@ HINTS: Hints = {
     Remedy.ROTATE: "run scripts/inv rotate --mzp {mzp} --app {app}",
     Remedy.ROLLBACK: "run scripts/inv rollback --mzp {mzp} --app {app}",
     Remedy.STORE_ACCOUNT_PASSWORD: "run scripts/inv account --mzp {mzp}",
-    Remedy.STORE_SMTP_PASSWORD: lambda c: "run scripts/inv smtp-password" + (f" --mzp {c['mzp']}" if c.get("mzp") else ""),
+    Remedy.STORE_SMTP_PASSWORD:
+        lambda c: "run scripts/inv smtp-password" + (f" --mzp {c['mzp']}" if c.get("mzp") else ""),
     Remedy.RESEND: "scripts/inv submit --resend sends it again",
     Remedy.IMPORT_REPLY: "scripts/inv import-cert --mzp {mzp} --app {app} --eml REPLY.eml",
     Remedy.DEPLOY: "deploy it with scripts/inv deploy --only {mzp}/{app}",

@@ -94,7 +94,7 @@ def status(c, json=False, mzp=None, app=None):
                          "-" if r.hosts_total is None else f"{r.hosts_in_sync}/{r.hosts_total}") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     for r in rows:
         if r.notes:
             info(f"note: {r.key}: " + "; ".join(hinted(n.text, n.remedy, mzp=n.mzp, app=n.app) for n in r.notes))

@@ -54,7 +54,6 @@ def test_ten_rotations_at_once_make_one_pending_key_per_credential(bao, tmp_path
 def test_the_vault_lock_has_one_holder_however_close_the_race(bao, mount, env, chaos):
     """Eight contenders released by a barrier, many rounds: exactly one may hold the lock each time."""
     record = chaos("concurrency: lock race (8 contenders)")
-    store = Store(bao.client(), Settings.from_env(env))
     now = dt.datetime.now(dt.timezone.utc)
     rounds, contenders = 40, 8
     doubles = 0
@@ -63,7 +62,7 @@ def test_the_vault_lock_has_one_holder_however_close_the_race(bao, mount, env, c
         barrier = threading.Barrier(contenders)
         won: list[str] = []
 
-        def contend(n):
+        def contend(n, name=name, barrier=barrier, won=won):
             lock = Lock(Store(bao.client(), store_settings(env)), name=name)
             barrier.wait()
             if lock.acquire(f"contender {n}", now) is None:
@@ -102,7 +101,7 @@ def test_racing_csr_commands_make_one_key(bao, mount, env, inventory, chaos):
         barrier = threading.Barrier(contenders)
         results = []
 
-        def contend(c):
+        def contend(c, barrier=barrier, results=results, mzp=mzp, app=app):
             barrier.wait()
             try:
                 results.append(c.pending.make_csr(mzp, app, now))

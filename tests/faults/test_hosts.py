@@ -169,7 +169,8 @@ def converge(fleet, record, outcome, mixed, problems=()):
     on_hosts = [r.serial for r in fleet.releases()]
     served = fleet.served()
     stale = {h: s for h, s in served.items() if s[0] != s[1]}
-    done = nxt.rc == 0 and "holds the lock" not in nxt.out and on_hosts == [serial] * 3 and fleet.in_sync() == ("3", "3")
+    done = (nxt.rc == 0 and "holds the lock" not in nxt.out and on_hosts == [serial] * 3
+            and fleet.in_sync() == ("3", "3"))
     record.run(outcome + (", next run converged" if done and not stale else
                           ", services NOT reloaded on current" if done else ", next run did NOT converge"),
                hosts_mixed=len(mixed), ok=done and not stale and not mixed and not problems)

@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 
+import hvac.exceptions
 import pytest
 
 from tests.integration.test_core_csr import CRED
@@ -74,13 +75,14 @@ def test_stale_index_is_shown_and_repaired(cli, raw):
 def test_status_needs_metadata_only(cli, bao, mount, raw):
     cli("rotate")
     client = bao.client()
-    client.sys.create_or_update_policy("auditor-test", f'path "{mount}/metadata/*" {{ capabilities = ["read", "list"] }}')
+    client.sys.create_or_update_policy("auditor-test",
+                                       f'path "{mount}/metadata/*" {{ capabilities = ["read", "list"] }}')
     token = client.auth.token.create(policies=["auditor-test"], ttl="5m")["auth"]["client_token"]
     cli.secrets.append(token)
     rows = json.loads(cli("status", "--json", env={"VAULT_TOKEN": token}).out)
     assert {r["state"] for r in rows} == {"active"}
     # The same token cannot read secret data, so status really did not.
-    with pytest.raises(Exception):
+    with pytest.raises(hvac.exceptions.Forbidden):
         type(client)(url=bao.addr, token=token).secrets.kv.v2.read_secret_version(
             f"partnercerts/{CRED}/current", mount_point=mount, raise_on_deleted_version=True)
 
@@ -155,7 +157,8 @@ def test_vault_credentials_from_token_file_and_approle(cli, bao, mount, env):
     assert r.rc == 2 and "VAULT_ROLE_ID" in r.err
     if "approle/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("approle")
-    client.sys.create_or_update_policy("rotator-test", f'path "{mount}/*" {{ capabilities = ["create","read","update","list"] }}')
+    client.sys.create_or_update_policy("rotator-test",
+                                       f'path "{mount}/*" {{ capabilities = ["create","read","update","list"] }}')
     client.auth.approle.create_or_update_approle("rotator-test", token_policies=["rotator-test"])
     role_id = client.auth.approle.read_role_id("rotator-test")["data"]["role_id"]
     secret_id = client.auth.approle.generate_secret_id("rotator-test")["data"]["secret_id"]

@@ -170,7 +170,8 @@ def test_free_text_with_shell_characters_is_kept_exactly_and_never_interpreted(c
     doc = yaml.safe_load((inventory / "group_vars" / "all" / "partners.yml").read_text(encoding="utf-8"))
     canary = Path(f"/tmp/pc-{uuid.uuid4().hex[:6]}")
     doc["partnercerts_partners"][0].update(
-        organization=f"Acme $(touch {canary}) `id` #x; ${{E}}", locality='Villeneuve-d\'Ascq "Q" \\B', state="Île & <de>")
+        organization=f"Acme $(touch {canary}) `id` #x; ${{E}}", locality='Villeneuve-d\'Ascq "Q" \\B',
+        state="Île & <de>")
     (inventory / "group_vars" / "all" / "partners.yml").write_text(yaml.safe_dump(doc, allow_unicode=True),
                                                                    encoding="utf-8")
     cli("csr", "--mzp", MZP, "--app", APP, "--out", str(tmp_path / "f.csr"))
@@ -213,7 +214,7 @@ def test_deploy_refuses_relative_and_unnormalised_destinations_on_the_host(ssh_h
     try:
         r = cli("deploy", ok=False)
         assert r.rc != 0
-        for host, (value, why) in hostile.items():
+        for host, (_value, why) in hostile.items():
             line = next((x for x in r.err.splitlines() if x.strip().startswith(f"{host}: ")), "")
             assert why in line and make_corpus.DEST_RULE in line and "(current left as it was)" in line, r.err
             # Nothing on the host: not under /srv, and not where '..' or the login directory would lead.

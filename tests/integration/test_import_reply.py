@@ -25,7 +25,8 @@ def signed(cli, tmp_path):
     download_ca = CA("Download server CA", now=now)
     (tmp_path / "download-ca.pem").write_bytes(download_ca.cert.public_bytes(serialization.Encoding.PEM))
     srv, thread = start(download_ca, tmp_path, leaf.public_bytes(serialization.Encoding.PEM))
-    cli.env.update(PARTNERCERTS_DOWNLOAD_HOSTS="127.0.0.1", PARTNERCERTS_DOWNLOAD_CAFILE=str(tmp_path / "download-ca.pem"))
+    cli.env.update(PARTNERCERTS_DOWNLOAD_HOSTS="127.0.0.1",
+                   PARTNERCERTS_DOWNLOAD_CAFILE=str(tmp_path / "download-ca.pem"))
     cli.secrets.append(TOKEN)
     yield leaf, ca, srv
     stop(srv, thread)
@@ -70,7 +71,8 @@ def reply_email(body: str, attachments=()) -> bytes:
 def test_eml_with_attachments_and_client_id(cli, raw, signed, tmp_path):
     leaf, ca, _ = signed
     eml = tmp_path / "reply.eml"
-    eml.write_bytes(reply_email("Bonjour,\n\nVeuillez trouver ci-joint votre certificat.\nIdentifiant client : cid-eml-42\n",
+    eml.write_bytes(reply_email("Bonjour,\n\nVeuillez trouver ci-joint votre certificat.\n"
+                                "Identifiant client : cid-eml-42\n",
                                 [("MZP654321.crt", leaf.public_bytes(serialization.Encoding.PEM)),
                                  ("stellantis-ca.der", ca.cert.public_bytes(serialization.Encoding.DER))]))
     cli("import-cert", "--mzp", "MZP654321", "--app", "fleet", "--eml", str(eml))

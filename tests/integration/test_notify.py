@@ -100,7 +100,7 @@ class Mailbox:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("nobody@"):
-            return "550 5.1.1 <%s>: no such user" % address
+            return f"550 5.1.1 <{address}>: no such user"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -415,13 +415,15 @@ def test_smtp_failures_are_one_line_naming_server_and_cause(tls, case, match):
 # -- clear text refused --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["mail.example.com", "192.0.2.10", "10.0.0.1", "localhost.example.com", "::ffff:0a00:0001"])
+@pytest.mark.parametrize("host", ["mail.example.com", "192.0.2.10", "10.0.0.1", "localhost.example.com",
+                                  "::ffff:0a00:0001"])
 def test_security_none_to_a_non_loopback_host_is_refused(host, monkeypatch):
     def no_connection(*args, **kwargs):
         raise AssertionError("a connection was attempted")
 
     monkeypatch.setattr(socket, "create_connection", no_connection)
-    with pytest.raises(UserError, match=rf"{WHERE}: email: smtp: security 'none' sends the password .* in clear") as exc:
+    with pytest.raises(UserError,
+                       match=rf"{WHERE}: email: smtp: security 'none' sends the password .* in clear") as exc:
         config({"host": host, "security": "none", "user": USER})
     assert repr(host) in str(exc.value)
     with pytest.raises(UserError, match=r"SMTP server .*: security 'none' .* only allowed to a loopback address"):
@@ -449,7 +451,8 @@ def test_no_secret_in_any_notification(tls, monkeypatch):
         Event(Kind.CERTIFICATE_IMPORTED, "MZP123456", "fleet", "imported serial 6F70",
               {"serial": "6F70", "p12_password": FAKE_SECRET, "key_pem": FAKE_KEY, "token": FAKE_SECRET,
                "error": FAKE_KEY, "hosts": ["local-a", FAKE_KEY], "nested": {"password": FAKE_SECRET}}, AT),
-        Event(Kind.DEPLOY_FAILED, "MZP123456", "fleet", "leaked " + FAKE_KEY, {"failed_hosts": {"local-a": "timeout"}}, AT),
+        Event(Kind.DEPLOY_FAILED, "MZP123456", "fleet", "leaked " + FAKE_KEY,
+              {"failed_hosts": {"local-a": "timeout"}}, AT),
     ]
     log = Log()
     with smtp_server(tls) as (box, port), webhook_server(tls) as (hook, url):
@@ -490,7 +493,8 @@ def test_a_full_configuration_is_read():
 
 @pytest.mark.parametrize("raw,match", [
     ({}, "configure 'email' and/or 'webhook'"),
-    ({"webhook": {"url": "https://h.example.com"}, "events": ["expired", "exploded"]}, "unknown kind\\(s\\) 'exploded'"),
+    ({"webhook": {"url": "https://h.example.com"}, "events": ["expired", "exploded"]},
+     "unknown kind\\(s\\) 'exploded'"),
     ({"webhook": {"url": "https://h.example.com"}, "events": []}, "field 'events' must list"),
     ({"webhook": {"url": "ftp://h.example.com"}}, "webhook: field 'url' must be an https:// URL"),
     ({"webhook": {"url": "https://u:p@h.example.com"}}, "must not carry user:password@"),
@@ -500,7 +504,8 @@ def test_a_full_configuration_is_read():
     ({"email": {"to": ["a@example.com"], "smtp": {"host": "s.example.com"}}}, "email: field 'from' is None"),
     ({"email": {"to": ["a@example.com"], "from": "a@example.com", "smtp": {"host": "s.example.com", "port": "x"}}},
      "email: smtp: field 'port' is 'x'"),
-    ({"email": {"to": ["a@example.com"], "from": "a@example.com", "smtp": {"host": "s.example.com", "security": "ssl"}}},
+    ({"email": {"to": ["a@example.com"], "from": "a@example.com",
+                "smtp": {"host": "s.example.com", "security": "ssl"}}},
      "email: smtp: field 'security' is 'ssl'"),
     ({"email": {"to": ["a@example.com"], "from": "a@example.com", "smtp": {"port": 25}}}, "email: smtp: field 'host'"),
     ({"email": {"to": ["a@example.com"], "from": "a@example.com",

@@ -69,7 +69,8 @@ def rotated(cli, raw):
 def test_bootstrap_writes_policies_and_approles_idempotently(cli, bao, mount):
     first = bootstrap(cli, mount, "--role-ids").out.splitlines()
     assert first[0] == f"KV v2 mount '{mount}' already enabled"  # the fixture made it
-    assert first[1] in ("AppRole auth method at 'approle/' enabled", "AppRole auth method at 'approle/' already enabled")
+    assert first[1] in ("AppRole auth method at 'approle/' enabled",
+                        "AppRole auth method at 'approle/' already enabled")
     for i, role in enumerate(ROLES):
         assert first[2 + i] == f"policy partnercerts-{role} written"  # the last test wrote them for its own mount
         assert first[5 + i] in (f"approle partnercerts-{role} written", f"approle partnercerts-{role} unchanged")
@@ -198,7 +199,8 @@ def test_deployer_reads_current_and_account_writes_hosts_and_nothing_else(cli, b
     assert raw.meta(f"{CRED}/current")["max_versions"] == 1000
     # The CLI as the deployer: csr needs the pending record, so it stops at Vault's refusal, changing nothing.
     before = raw.snapshot()
-    for args in (["csr", "--mzp", "MZP654321", "--app", "fleet"], ["csr", "--mzp", "MZP654321", "--app", "big", "--force"]):
+    for args in (["csr", "--mzp", "MZP654321", "--app", "fleet"],
+                 ["csr", "--mzp", "MZP654321", "--app", "big", "--force"]):
         r = cli(*args, ok=False, env=env)
         assert r.rc == 4 and r.err.count("\n") == 1 and "denied" in r.err and "Vault at" in r.err, r.err
     assert raw.snapshot() == before

@@ -280,7 +280,8 @@ def test_a_trickling_download_is_bounded_by_the_overall_timeout(world):
 
 
 def test_a_server_from_another_ca_is_refused(world, impostor):
-    with pytest.raises(ServiceFailure, match=r"TLS certificate does not verify against the CA file .*download-ca\.pem") as exc:
+    with pytest.raises(ServiceFailure,
+                       match=r"TLS certificate does not verify against the CA file .*download-ca\.pem") as exc:
         fetch(impostor.url(f"/cert.pem?token={TOKEN}"), max_bytes=LIMIT, allowed_hosts=None, cafile=world[1])
     assert TOKEN not in str(exc.value) and impostor.requests == []
 

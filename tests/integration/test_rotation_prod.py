@@ -85,7 +85,10 @@ def set_global(inventory, **values):
     path.write_text(yaml.safe_dump(doc))
 
 
-def at(day: float, base=dt.datetime.now(dt.timezone.utc)) -> dict:
+_STARTED = dt.datetime.now(dt.timezone.utc)  # the moment the days of at() count from
+
+
+def at(day: float, base: dt.datetime = _STARTED) -> dict:
     return {"PARTNERCERTS_NOW": (base + dt.timedelta(days=day)).isoformat()}
 
 
@@ -263,7 +266,8 @@ def test_a_year_with_a_manual_authority(cli, raw, inventory, tmp_path, webhook):
 
 def test_rotate_playbook_does_what_rotate_does(cli, raw, env, inventory, tmp_path):
     run_env = dict(env, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    playbook = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "rotate.yml")]
+    playbook = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory),
+                str(ROOT / "playbooks" / "rotate.yml")]
     first = subprocess.run(playbook, env=run_env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     rows = json.loads(cli("status", "--json").out)

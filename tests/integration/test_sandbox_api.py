@@ -131,7 +131,8 @@ def sandbox(cli, raw, env, tmp_path):
         assert f"https://127.0.0.1:{port}/connectedcar/v3" in up.out
         yield Sandbox(port, files, write(files / "fleet.crt", cur["cert_pem"]),
                       write(files / "fleet.key", cur["key_pem"], 0o600), write(files / "ca.crt", cur["ca_pem"]),
-                      cur["client_id"], other["client_id"], Path(env["PARTNERCERTS_STATE_DIR"]) / "sandbox-api" / "server.log")
+                      cur["client_id"], other["client_id"],
+                      Path(env["PARTNERCERTS_STATE_DIR"]) / "sandbox-api" / "server.log")
     finally:
         shutil.rmtree(files, ignore_errors=True)
         cli("sandbox.down")
@@ -290,7 +291,8 @@ def test_several_addresses_and_a_busy_port(cli, raw, tmp_path):
         r = cli("sandbox.up", "--port", "0", ok=False)
         assert r.rc == 2 and "not a port number" in r.err
         cli("sandbox.up", "--port", str(port), "--bind", "127.0.0.1,127.0.0.2")
-        sb = Sandbox(port, files, write(files / "c.crt", cur["cert_pem"]), write(files / "c.key", cur["key_pem"], 0o600),
+        sb = Sandbox(port, files, write(files / "c.crt", cur["cert_pem"]),
+                     write(files / "c.key", cur["key_pem"], 0o600),
                      write(files / "ca.crt", cur["ca_pem"]), cur["client_id"], "", Path())
         for host in ("127.0.0.1", "127.0.0.2", "localhost"):
             r = sb.call(sb.url(host=host))

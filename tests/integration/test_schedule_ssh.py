@@ -64,7 +64,8 @@ def test_schedule_installed_over_ssh_runs_rotate_with_the_rotator_approle(ssh_ho
     cli("vault.bootstrap")
     creds_file = tmp_path / "rotator.env"
     r = cli("vault.secret-id", "--role", "rotator", "--out", str(creds_file))
-    secret_id = dict(line.split("=", 1) for line in creds_file.read_text().splitlines() if "=" in line)["VAULT_SECRET_ID"]
+    secret_id = dict(line.split("=", 1)
+                     for line in creds_file.read_text().splitlines() if "=" in line)["VAULT_SECRET_ID"]
     cli.secrets.append(secret_id)
     assert secret_id not in r.text
     host = ssh_hosts.hosts[0].name
@@ -100,7 +101,8 @@ def test_schedule_installed_over_ssh_runs_rotate_with_the_rotator_approle(ssh_ho
         cron = ssh_hosts.run_in_host(host, ["cat", f"{root}/cron.d/partnercerts"]).stdout
         line = next(x for x in cron.splitlines() if x.startswith("17 5 * * *"))
         assert f"root {ROOT}/scripts/scheduled-rotate {root}/etc/rotate.env" in line
-        st = ssh_hosts.run_in_host(host, ["stat", "-c", "%a %U", f"{root}/etc/rotate.env", f"{root}/etc"]).stdout.split("\n")
+        st = ssh_hosts.run_in_host(host, ["stat", "-c", "%a %U", f"{root}/etc/rotate.env",
+                                          f"{root}/etc"]).stdout.split("\n")
         assert st[:2] == ["600 root", "700 root"]
         assert re.search(rf"{host}\s+: ok=\d+\s+changed=0", play())  # idempotent
         # Run the job's command once on that host, as cron would.

@@ -2,8 +2,8 @@
 (`certs.load_bundle` + `certs.gate`) and the inventory loader (`inventory.load`).
 
 Properties, for every generated input:
-  * nothing but one of our errors (GateRefusal from the gate, UserError from the inventory) ever escapes (no crash, no "unexpected ValueError"), and its message is
-    one line of bounded length;
+  * nothing but one of our errors (GateRefusal from the gate, UserError from the inventory) ever
+    escapes (no crash, no "unexpected ValueError"), and its message is one line of bounded length;
   * the gate never accepts a certificate for another key than the pending one, and on well-formed
     certificates it decides exactly as an independent model of the rules (`expected_refusal`);
   * an inventory that loads holds only safe values (MZP, application names without '/' or '..',

@@ -64,5 +64,6 @@ def test_plan():
     assert plan_one("MZP1", "a", idx(), d(250), 60).action is Action.RENEW
     step = plan_one("MZP1", "a", idx(pending_since=d(310).isoformat()), d(320), 60)
     assert step.action is Action.SUBMIT and "10 days ago" in step.reason
-    step = plan_one("MZP1", "a", idx(pending_since=d(310).isoformat(), pending_submitted_at=d(311).isoformat()), d(320), 60)
+    step = plan_one("MZP1", "a", idx(pending_since=d(310).isoformat(), pending_submitted_at=d(311).isoformat()),
+                    d(320), 60)
     assert step.action is Action.WAIT
