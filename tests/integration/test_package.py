@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-SKIP = shutil.ignore_patterns(".git", ".venv", ".venv-sanity", ".collections", ".state", "build", "*.egg-info", "__pycache__", ".hypothesis",
+SKIP = shutil.ignore_patterns(".git", ".venv", ".venv-sanity", ".collections", ".state", "build", "*.egg-info",
+                              "__pycache__", ".hypothesis",
                               ".pytest_cache", ".ruff_cache", ".mypy_cache")
 
 
