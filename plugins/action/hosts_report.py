@@ -13,7 +13,6 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
-
 from ansible_collections.partnercerts.psa.plugins.plugin_utils import core
 
 CHECKED = ("inspect", "present", "activated")  # states whose result says what current serves
@@ -27,7 +26,7 @@ def reports_of(results):
     rollback that switched, overrides an earlier "in sync" of the same run."""
     reports = {}
     for res in results or []:
-        items = res.get("results") if isinstance(res, dict) and isinstance(res.get("results"), list) else [res]
+        items: list = res["results"] if isinstance(res, dict) and isinstance(res.get("results"), list) else [res]
         for item in items:
             tag = item.get("partnercerts") if isinstance(item, dict) else None
             if not isinstance(tag, dict) or not tag.get("mzp"):
@@ -85,7 +84,7 @@ class ActionModule(ActionBase):
             universe = lookup.run(self._task.get_play().hosts, variables=task_vars)
         only = credential_names(args.get("only"))
 
-        host_creds = {}
+        host_creds: dict = {}
         for host in universe:
             for cred in hostvars[host].get("partnercerts_deploy_credentials") or []:
                 if isinstance(cred, dict) and "mzp" in cred and "app" in cred:
@@ -96,7 +95,8 @@ class ActionModule(ActionBase):
         # This run's hosts: what each served, and why a failed one failed.
         played = task_vars.get("ansible_play_hosts_all") or []
         active = set(task_vars.get("ansible_play_hosts") or [])
-        reports, failures = {}, {}
+        reports: dict = {}
+        failures: dict = {}
         for host in played:
             hv = hostvars[host]
             for key, report in reports_of(hv.get("partnercerts_deploy_outcomes")).items():

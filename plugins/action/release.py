@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-
 from ansible_collections.partnercerts.psa.plugins.plugin_utils import core
 
 

@@ -12,7 +12,6 @@ import os
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-
 from ansible_collections.partnercerts.psa.plugins.plugin_utils import core
 
 

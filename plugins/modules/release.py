@@ -269,8 +269,8 @@ import time
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils import urls
+from ansible.module_utils.basic import AnsibleModule
 
 MANIFEST = ".manifest.json"
 # Written (naming the release) just before current is switched, removed once the service was reloaded
@@ -374,7 +374,8 @@ def openssl(args, data=None):
     try:
         p = subprocess.run(["openssl"] + args, input=data, capture_output=True, timeout=30, check=False)
     except FileNotFoundError:
-        raise Refused("openssl is not installed on this host; install it (the checks before switching need it)")
+        raise Refused("openssl is not installed on this host; install it "
+                      "(the checks before switching need it)") from None
     return p
 
 
@@ -569,7 +570,7 @@ def present(module, p):
     releases = os.path.join(dest, "releases")
     before = current_target(dest) if os.path.isdir(dest) else None
     existing = find_release(releases, serial, release_id, uid, gid, modes)
-    result = {"changed": False, "previous": before, "release": existing or before, "switched": False,
+    result: dict = {"changed": False, "previous": before, "release": existing or before, "switched": False,
               "staged": False, "removed": [],
               "diff": {"before": "current: %s\n" % (before or "(none)"), "after": ""}}
     if existing and existing == before:
@@ -630,7 +631,7 @@ def activated(module, p):
 
 def inspect(module, p):
     dest = p["dest"]
-    out = {"changed": False, "present": False, "release": None, "problems": []}
+    out: dict = {"changed": False, "present": False, "release": None, "problems": []}
     try:
         name = current_target(dest) if os.path.isdir(dest) else None
     except Refused as exc:

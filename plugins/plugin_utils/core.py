@@ -70,7 +70,7 @@ def now():
     return dt.datetime.now(dt.timezone.utc)
 
 
-_STORES = {}
+_STORES: dict = {}  # pid -> Store
 
 
 def store():

@@ -108,7 +108,8 @@ def test_first_deploy_check_mode_idempotence_modes_and_a_real_api_call(fleet, ra
         assert fleet.serial(h) == serial
         link = fleet.sh(h, "readlink", f"{fleet.dest}/current").stdout.strip()
         assert link == f"releases/{serial}"
-        got = fleet.sh(h, "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", f"{fleet.dest}/current/client.crt")
+        got = fleet.sh(h, "openssl", "x509", "-noout", "-fingerprint", "-sha256",
+                       "-in", f"{fleet.dest}/current/client.crt")
         assert got.stdout.strip().split("=")[1].replace(":", "").lower() == fp
         modes = fleet.sh(h, "stat", "-c", "%n %a %U %G", *[f"{fleet.dest}/current/{n}" for n in
                          ("client.crt", "client.key", "ca.crt", "client.p12", "client.env")],

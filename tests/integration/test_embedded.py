@@ -64,7 +64,8 @@ def test_fresh_clone_rotate_deploys_to_both_local_hosts_with_a_smoke_call(env, t
     try:
         r = cli("rotate")
         assert "done: 2 credential(s) changed, 2 deployed and verified" in r.out
-        smoke = re.findall(r"TASK \[partnercerts\.psa\.partnercerts_deploy : Smoke call with all three credentials\] \**\n((?:\w+: \[[\w-]+\]\n)+)", r.out)
+        smoke = re.findall(r"TASK \[partnercerts\.psa\.partnercerts_deploy : Smoke call with all three credentials\] "
+                           r"\**\n((?:\w+: \[[\w-]+\]\n)+)", r.out)
         assert smoke and all(line.startswith("ok:") for block in smoke for line in block.splitlines())
         assert sum(len(block.splitlines()) for block in smoke) == 4 and "fatal" not in r.out
         rows = json.loads(cli("status", "--json").out)

@@ -1,4 +1,5 @@
-"""The host side of a release (plugins/modules/release.py, partnercerts.psa.release) on a real filesystem with real openssl."""
+"""The host side of a release (plugins/modules/release.py, partnercerts.psa.release) on a real filesystem with
+real openssl."""
 import base64
 import datetime as dt
 import importlib.util
@@ -70,7 +71,8 @@ def test_stage_then_switch_then_prune_keeps_current_and_previous(tmp_path):
     manifest = mod.read_manifest(str(releases / "03"))
     assert manifest["release_id"] == "rid3" and mod.integrity(str(releases / "03"), manifest, -1, -1, None) == []
     (releases / "03" / "client.env").write_text("B=2\n")
-    assert mod.integrity(str(releases / "03"), manifest, -1, -1, None) == ["client.env was changed since it was deployed"]
+    assert mod.integrity(str(releases / "03"), manifest, -1, -1, None) == [
+        "client.env was changed since it was deployed"]
 
 
 def test_switch_refuses_a_real_directory_named_current(tmp_path):
