@@ -33,6 +33,7 @@ class Remedy(str, enum.Enum):
     IMPORT_REPLY = "import_reply"              # mzp, app: import the authority's reply
     DEPLOY = "deploy"                          # mzp, app: deploy the credential to its hosts
     STATUS = "status"                          # list every credential
+    SANDBOX_DOWN = "sandbox_down"              # stop the running sandbox API
 
 
 class Error(Exception):

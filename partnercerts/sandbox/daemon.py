@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import Remedy, UserError
 from ..settings import DEFAULT_SANDBOX_API_PORT, ROOT, Settings
 
 PORT_ENV = "PARTNERCERTS_SANDBOX_API_PORT"
@@ -154,7 +154,7 @@ def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
         if info.get("port") != port or info.get("bind") != addrs:
             raise UserError(f"the sandbox API is already running (pid {running}) on "
                             f"{', '.join(_urls(info.get('bind') or [], info.get('port') or 0))}; "
-                            "run scripts/inv sandbox.down first to start it elsewhere")
+                            "stop it first to start it elsewhere", remedy=Remedy.SANDBOX_DOWN)
         return [f"already running (pid {running}): {', '.join(_urls(addrs, port))}"]
     _check_free(addrs, port)
     daemon.dir.mkdir(parents=True, exist_ok=True, mode=0o700)

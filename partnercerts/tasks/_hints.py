@@ -16,4 +16,5 @@ HINTS: Hints = {
     Remedy.IMPORT_REPLY: "scripts/inv import-cert --mzp {mzp} --app {app} --eml REPLY.eml",
     Remedy.DEPLOY: "deploy it with scripts/inv deploy --only {mzp}/{app}",
     Remedy.STATUS: "scripts/inv status shows every credential",
+    Remedy.SANDBOX_DOWN: "run scripts/inv sandbox.down first",
 }
