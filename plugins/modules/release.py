@@ -571,8 +571,8 @@ def present(module, p):
     before = current_target(dest) if os.path.isdir(dest) else None
     existing = find_release(releases, serial, release_id, uid, gid, modes)
     result: dict = {"changed": False, "previous": before, "release": existing or before, "switched": False,
-              "staged": False, "removed": [],
-              "diff": {"before": "current: %s\n" % (before or "(none)"), "after": ""}}
+                    "staged": False, "removed": [],
+                    "diff": {"before": "current: %s\n" % (before or "(none)"), "after": ""}}
     if existing and existing == before:
         if reload_pending(dest) == before:
             # Switched by a deploy that died before reloading the service: report a change, so the
