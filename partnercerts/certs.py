@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -10,12 +10,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .errors import GateRefusal, UserError
+from . import subjects
+from .errors import GateRefusal, Remedy, UserError
 from .keys import spki_sha256
-from .profile import name_key
 
 MAX_CERTS = 16
-MAX_CHAIN_DEPTH = 8
 
 
 class GateError(GateRefusal):
@@ -114,11 +113,15 @@ def not_after(cert: x509.Certificate) -> dt.datetime:
 
 @dataclass(frozen=True)
 class Accepted:
-    """What the gate let through: the leaf, the path to the anchor, the anchor(s)."""
+    """What the gate let through: the leaf, the path to the anchor, the anchor(s), and what the authority
+    changed in the subject (`differences`: accepted by the rules; `accepted_changes`: identity changes a
+    human accepted)."""
 
     leaf: x509.Certificate
     chain: list[x509.Certificate]
     anchors: list[x509.Certificate]
+    differences: list[str] = field(default_factory=list)
+    accepted_changes: list[str] = field(default_factory=list)
 
 
 # The gate: small named checks, composed in `gate()` in the order a human would look.
@@ -133,10 +136,16 @@ def _pick_leaf(certs, pending_key_sha256: str, source: str) -> x509.Certificate:
                     f"found {found}); import the certificate signed for the CSR this tool made")
 
 
-def _check_subject(leaf: x509.Certificate, expected: x509.Name, source: str) -> None:
-    if name_key(leaf.subject) != name_key(expected):
-        raise GateError(f"{source}: subject {leaf.subject.rfc4514_string()!r} differs from the CSR's "
-                        f"{expected.rfc4514_string()!r}; ask the authority to sign the CSR unchanged")
+def _check_subject(leaf: x509.Certificate, requested: x509.Name, requested_san: list, accept_change: bool,
+                   source: str) -> subjects.SubjectDecision:
+    decision = subjects.compare(requested, requested_san, leaf)
+    if decision.refusal:
+        raise GateError(f"{source}: {decision.refusal}")
+    if decision.identity_changes and not accept_change:
+        raise GateError(f"{source}: the authority changed who the certificate identifies "
+                        f"({'; '.join(decision.identity_changes)}) in subject {subjects.show_name(leaf.subject)!r}; "
+                        "check the change with the authority", remedy=Remedy.ACCEPT_SUBJECT_CHANGE)
+    return decision
 
 
 def _check_validity(leaf: x509.Certificate, now: dt.datetime, min_days: int, source: str) -> None:
@@ -166,66 +175,59 @@ def _check_not_ca(leaf: x509.Certificate, source: str) -> None:
         raise GateError(f"{source}: is a CA certificate, not a client certificate; import the client certificate")
 
 
-def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        if child.issuer != issuer.subject:
-            return False
-        child.verify_directly_issued_by(issuer)
-    except (TypeError, InvalidSignature, *_MALFORMED):
-        return False
-    return True
-
-
-def _check_chain(leaf, extra, anchors, now: dt.datetime, source: str) -> list[x509.Certificate]:
-    """Walk issuer links from the leaf to an anchor; return the intermediates on the way."""
-    path: list[x509.Certificate] = []
-    seen = {fingerprint(leaf)}
-    cert = leaf
-    for _ in range(MAX_CHAIN_DEPTH):
-        for anchor in anchors:
-            if _signed_by(cert, anchor):
-                if not (anchor.not_valid_before_utc <= now < anchor.not_valid_after_utc):
-                    raise GateError(f"{source}: the CA certificate {anchor.subject.rfc4514_string()!r} is outside its "
-                                    "validity period; get the current CA certificate from the authority")
-                return path
-        issuer = next((c for c in extra if fingerprint(c) not in seen and _signed_by(cert, c)), None)
-        if issuer is None:
-            raise GateError(f"{source}: chain does not verify to the CA (no issuer found for "
-                            f"{cert.subject.rfc4514_string()!r}); give the matching CA file with --ca")
-        if not (issuer.not_valid_before_utc <= now < issuer.not_valid_after_utc):
-            raise GateError(f"{source}: intermediate {issuer.subject.rfc4514_string()!r} is expired or not yet valid; "
-                            "ask the authority for its current chain")
-        seen.add(fingerprint(issuer))
-        path.append(issuer)
-        cert = issuer
-    raise GateError(f"{source}: chain is longer than {MAX_CHAIN_DEPTH} certificates or loops; "
-                    "give the certificate and its chain only")
+def _check_anchors(anchors: list[x509.Certificate], now: dt.datetime, source: str) -> None:
+    """The CA certificate itself must be within its validity (the path validator trusts anchors as they are)."""
+    for anchor in anchors:
+        if not (anchor.not_valid_before_utc <= now < anchor.not_valid_after_utc):
+            raise GateError(f"{source}: the CA certificate {subjects.show_name(anchor.subject)!r} is outside its "
+                            f"validity period ({anchor.not_valid_before_utc.date()} to "
+                            f"{anchor.not_valid_after_utc.date()}); get the current CA certificate from the authority")
 
 
 def gate(certs: list[x509.Certificate], *, pending_key_sha256: str, expected_subject: x509.Name,
-         anchors: list[x509.Certificate], now: dt.datetime, min_validity_days: int, source: str) -> Accepted:
-    """Accept a certificate only if every check passes; raise GateError naming the first failure."""
+         anchors: list[x509.Certificate], now: dt.datetime, min_validity_days: int, source: str,
+         requested_san: list[x509.GeneralName] | None = None, accept_subject_change: bool = False) -> Accepted:
+    """Accept a certificate only if every check passes; raise GateError naming the first failure.
+
+    In order: the certificate for the pending key; the subject rules (`subjects.compare`: CN, then OU/O/C
+    unless `accept_subject_change`); not a CA; validity and the minimum left; clientAuth when an EKU is
+    there; then, given anchors, the RFC 5280 path from the leaf through the bundle's other certificates
+    to an anchor (`paths.verify`, cryptography's verifier). Without anchors nothing is verified."""
     try:
-        return _gate(certs, pending_key_sha256, expected_subject, anchors, now, min_validity_days, source)
+        return _gate(certs, pending_key_sha256, expected_subject, list(requested_san or []), accept_subject_change,
+                     anchors, now, min_validity_days, source)
     except _MALFORMED as exc:  # a field cryptography parses only when read (subject, issuer, extensions)
         raise GateError(f"{source}: a certificate in it is malformed ({_why(exc)}); ask the authority for a "
                         "well-formed certificate") from None
 
 
-def _gate(certs, pending_key_sha256, expected_subject, anchors, now, min_validity_days, source) -> Accepted:
+def _gate(certs, pending_key_sha256, expected_subject, requested_san, accept_subject_change, anchors, now,
+          min_validity_days, source) -> Accepted:
+    from . import paths
     leaf = _pick_leaf(certs, pending_key_sha256, source)
-    _check_subject(leaf, expected_subject, source)
+    decision = _check_subject(leaf, expected_subject, requested_san, accept_subject_change, source)
     _check_not_ca(leaf, source)
     _check_validity(leaf, now, min_validity_days, source)
     _check_eku(leaf, source)
-    extra = [c for c in certs if c is not leaf and fingerprint(c) not in {fingerprint(a) for a in anchors}]
-    chain = _check_chain(leaf, extra, anchors, now, source) if anchors else [
-        c for c in extra if not _is_self_signed(c)]
-    return Accepted(leaf=leaf, chain=chain, anchors=anchors)
+    anchor_prints = {fingerprint(a) for a in anchors}
+    extra = [c for c in certs if c is not leaf and fingerprint(c) not in anchor_prints]
+    if anchors:
+        _check_anchors(anchors, now, source)
+        chain = paths.verify(leaf, extra, anchors, now, source)
+    else:
+        chain = [c for c in extra if not _is_self_signed(c)]
+    return Accepted(leaf=leaf, chain=chain, anchors=anchors, differences=decision.differences,
+                    accepted_changes=decision.identity_changes)
 
 
 def _is_self_signed(cert: x509.Certificate) -> bool:
-    return cert.issuer == cert.subject and _signed_by(cert, cert)
+    try:
+        if cert.issuer != cert.subject:
+            return False
+        cert.verify_directly_issued_by(cert)
+    except (TypeError, InvalidSignature, *_MALFORMED):
+        return False
+    return True
 
 
 def load_anchors(data: bytes, source: str, max_bytes: int) -> list[x509.Certificate]:

@@ -17,3 +17,11 @@ def to_pem(csr: x509.CertificateSigningRequest) -> str:
 
 def from_pem(text: str) -> x509.CertificateSigningRequest:
     return x509.load_pem_x509_csr(text.encode("ascii"))
+
+
+def requested_san(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
+    """The subjectAltName entries the CSR asks for (the PSA profile asks for none)."""
+    try:
+        return list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except (x509.ExtensionNotFound, ValueError):
+        return []

@@ -34,6 +34,7 @@ class Remedy(str, enum.Enum):
     DEPLOY = "deploy"                          # mzp, app: deploy the credential to its hosts
     STATUS = "status"                          # list every credential
     SANDBOX_DOWN = "sandbox_down"              # stop the running sandbox API
+    ACCEPT_SUBJECT_CHANGE = "accept_subject"   # import again, accepting the authority's change of OU/O/C
 
 
 class Error(Exception):

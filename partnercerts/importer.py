@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import Conflict, GateRefusal, Remedy, UserError
 from .indexer import Indexer
@@ -32,11 +32,15 @@ class ImportResult:
     fingerprint_sha256: str
     client_id: str
     already_current: bool = False
-    warning: str = ""
+    warnings: list[str] = field(default_factory=list)   # each one line: a chain not verified, a changed subject
+    subject_notes: list[str] = field(default_factory=list)
+    subject_change: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, mzp: str, app: str, rec: Issued, already_current: bool = False, warning: str = "") -> "ImportResult":
-        return cls(mzp, app, rec.serial, rec.not_after, rec.fingerprint_sha256, rec.client_id, already_current, warning)
+    def of(cls, mzp: str, app: str, rec: Issued, already_current: bool = False,
+           warnings: list[str] | None = None) -> "ImportResult":
+        return cls(mzp, app, rec.serial, rec.not_after, rec.fingerprint_sha256, rec.client_id, already_current,
+                   list(warnings or []), list(rec.subject_notes), dict(rec.subject_change))
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,12 @@ class Importer:
         return []
 
     def import_cert(self, mzp: str, app: str, cert: Source, now: dt.datetime, ca: Source | None = None,
-                    client_id: str | None = None, submission: str = "", submitted_at: str = "") -> ImportResult:
-        """Pass a certificate through the strict gate and make it current; on any refusal nothing changes."""
+                    client_id: str | None = None, submission: str = "", submitted_at: str = "",
+                    accept_subject_change: bool = False) -> ImportResult:
+        """Pass a certificate through the strict gate and make it current; on any refusal nothing changes.
+
+        accept_subject_change: a human checked with the authority that its change of OU, O or C is
+        right; the acceptance (who, when, the changes) is recorded with the certificate."""
         from . import certs
         from . import csr as csrmod
         self.inventory.partner(mzp).app(app)
@@ -90,15 +98,27 @@ class Importer:
         if not client_id:
             raise UserError(f"{mzp}/{app}: the first certificate needs its Client ID; add --client-id ID "
                             "(from the authority's reply)")
-        accepted = certs.gate(bundle, pending_key_sha256=pend.record.key_sha256,
-                              expected_subject=csrmod.from_pem(pend.record.csr_pem).subject, anchors=anchors, now=now,
-                              min_validity_days=self.settings.min_validity_days, source=cert.name)
+        request = csrmod.from_pem(pend.record.csr_pem)
+        accepted = certs.gate(bundle, pending_key_sha256=pend.record.key_sha256, expected_subject=request.subject,
+                              requested_san=csrmod.requested_san(request), anchors=anchors, now=now,
+                              min_validity_days=self.settings.min_validity_days, source=cert.name,
+                              accept_subject_change=accept_subject_change)
         record = self._issued(accepted, pend.record, cur, client_id, now, submission, submitted_at)
+        if accepted.accepted_changes:
+            record.subject_change = {"accepted_by": self.store.who(), "accepted_at": iso(now),
+                                     "changes": list(accepted.accepted_changes)}
         record = self._write(mzp, app, record, cur, pend, cert.name, now)
-        warning = "" if accepted.anchors else (
-            f"{mzp}/{app}: imported without a CA certificate, so the chain was not verified; "
-            "give --ca FILE (the Stellantis CA from the reply) or set PARTNERCERTS_CA_FILE")
-        return ImportResult.of(mzp, app, record, warning=warning)
+        warnings = []
+        if not accepted.anchors:
+            warnings.append(f"{mzp}/{app}: imported without a CA certificate, so the chain was not verified; "
+                            "give --ca FILE (the Stellantis CA from the reply) or set PARTNERCERTS_CA_FILE")
+        if record.subject_change:
+            warnings.append(f"{mzp}/{app}: identity change accepted by {record.subject_change['accepted_by']} and "
+                            f"recorded in Vault: {'; '.join(record.subject_change['changes'])}")
+        if record.subject_notes:
+            warnings.append(f"{mzp}/{app}: the authority changed the subject the CSR asked for, accepted as it "
+                            f"does not change who the certificate identifies: {'; '.join(record.subject_notes)}")
+        return ImportResult.of(mzp, app, record, warnings=warnings)
 
     @staticmethod
     def _issued(accepted, pend: Pending, cur: Versioned[Issued] | None, client_id: str, now: dt.datetime,
@@ -112,7 +132,8 @@ class Importer:
             not_before=iso(leaf.not_valid_before_utc), not_after=iso(leaf.not_valid_after_utc),
             fingerprint_sha256=certs.fingerprint(leaf), p12_password=secrets.token_urlsafe(24),
             imported_at=iso(now), pending_created_at=pend.created_at,
-            submitted_at=submitted_at or pend.submitted_at, submission=submission or pend.submission)
+            submitted_at=submitted_at or pend.submitted_at, submission=submission or pend.submission,
+            subject_notes=list(accepted.differences))
         if record.submitted_at:
             took = int((now - dt.datetime.fromisoformat(record.submitted_at)).total_seconds())
             record.turnaround_seconds = took

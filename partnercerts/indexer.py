@@ -12,6 +12,14 @@ from .store import Hosts, Index, Issued, Pending, Store, Versioned, iso
 Found = dict[str, tuple[Index | None, bool]]
 
 
+# Vault keeps at most 512 characters in one custom-metadata value.
+MAX_VALUE = 500
+
+
+def bounded(text: str) -> str:
+    return text if len(text) <= MAX_VALUE else text[:MAX_VALUE - 1] + "…"
+
+
 def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Hosts | None, now: dt.datetime) -> Index:
     """The index a credential's records give (no Vault access: the records are passed in)."""
     from . import certs
@@ -23,7 +31,10 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
                       key_sha256=cur.key_sha256,
                       ca_fingerprint_sha256=certs.fingerprint(anchors[0]) if anchors else "",
                       key_spec=cur.key_spec, current_version=str(version),
-                      turnarounds=",".join(str(t) for t in cur.turnarounds))
+                      turnarounds=",".join(str(t) for t in cur.turnarounds),
+                      subject_notes=bounded("; ".join(cur.subject_notes)),
+                      subject_accepted_by=bounded(str(cur.subject_change.get("accepted_by", ""))
+                                                  if cur.subject_change else ""))
     if pend is not None:
         index.pending_since = pend.created_at
         index.pending_submitted_at = pend.submitted_at

@@ -19,12 +19,17 @@ from .errors import Conflict
 from .store import LockRecord, Store, iso
 
 
-def whoami(what: str, pid: int | None = None) -> str:
+def person() -> str:
+    """user@host of this process, for the records that say who acted."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return f"{user}@{socket.gethostname()} pid {pid or os.getpid()} ({what})"
+    return f"{user}@{socket.gethostname()}"
+
+
+def whoami(what: str, pid: int | None = None) -> str:
+    return f"{person()} pid {pid or os.getpid()} ({what})"
 
 
 def _boot_id() -> str:

@@ -36,6 +36,7 @@ DETAIL_FIELDS = frozenset({
     "not_before", "not_after", "days_left", "renew_before_days", "pending_since", "pending_age_days",
     "submitted_at", "submission", "message_id", "turnaround_median_days",
     "hosts", "hosts_in_sync", "hosts_total", "failed_hosts", "error",
+    "subject_notes", "subject_change", "subject_change_accepted_by",
 })
 SECRET_MARKERS = ("-----BEGIN", "PRIVATE KEY")
 MAX_TEXT = 1000

@@ -128,8 +128,8 @@ def start(tk: Toolkit, now: dt.datetime, *, mzp: str | None = None, app: str | N
         report.applied.append(done)
         report.changed.append(done.key)
         line = f"{done.key}: {done.describe()}"
-        if done.submitted.outcome is Outcome.IMPORTED:
-            report.events.append(event("certificate_imported", step.mzp, step.app, line, now))
+        if done.submitted.outcome is Outcome.IMPORTED and done.submitted.imported is not None:
+            report.events.append(imported_event(done.submitted.imported, line, now))
         elif done.submitted.outcome is Outcome.SENT:
             report.events.append(event("csr_submitted", step.mzp, step.app, line, now))
     if deploy:
@@ -206,10 +206,20 @@ def _state_events(tk: Toolkit, rows: list[Row], now: dt.datetime) -> list:
     return out
 
 
+def imported_event(result, line: str, now: dt.datetime):
+    """The certificate_imported event of an import, with what the authority changed in the subject."""
+    details: dict = {"serial": result.serial, "not_after": result.not_after}
+    if result.subject_notes:
+        details["subject_notes"] = list(result.subject_notes)
+    if result.subject_change:
+        details["subject_change_accepted_by"] = result.subject_change.get("accepted_by", "")
+        details["subject_change"] = list(result.subject_change.get("changes", []))
+    return event("certificate_imported", result.mzp, result.app, line, now, **details)
+
+
 def imported(tk: Toolkit, result, line: str, now: dt.datetime, log) -> None:
     """After an import by hand: notify, and refresh the metrics file."""
-    notify(tk, [event("certificate_imported", result.mzp, result.app, line, now, serial=result.serial,
-                      not_after=result.not_after)], log)
+    notify(tk, [imported_event(result, line, now)], log)
     write_metrics(tk, tk.planner.rows(now), now, log)
 
 

@@ -168,13 +168,18 @@ class Issued(_Record):
     submission: str = ""
     turnaround_seconds: int | None = None
     turnarounds: list = field(default_factory=list)   # seconds, the last five imports, newest last
-    _lists: ClassVar[tuple[str, ...]] = ("turnarounds",)
+    # What the authority changed in the subject the CSR asked for, that the gate accepted (subjects.compare).
+    subject_notes: list = field(default_factory=list)
+    # Identity changes (OU, O, C) a human accepted: {"accepted_by", "accepted_at", "changes": [...]}.
+    subject_change: dict = field(default_factory=dict)
+    _lists: ClassVar[tuple[str, ...]] = ("turnarounds", "subject_notes")
     _ints: ClassVar[tuple[str, ...]] = ("turnaround_seconds",)
 
     def to_data(self) -> dict:
         data = super().to_data()
-        if not data["turnarounds"]:
-            data.pop("turnarounds")
+        for name in ("turnarounds", "subject_notes", "subject_change"):
+            if not data[name]:
+                data.pop(name)
         return data
 
 
@@ -287,6 +292,8 @@ class Index:
     hosts_total: str = ""
     hosts_in_sync: str = ""
     hosts_checked_at: str = ""
+    subject_notes: str = ""           # what the authority changed in the subject, "; "-separated, bounded
+    subject_accepted_by: str = ""     # who accepted an identity change (OU, O, C), when one was accepted
     updated_at: str = ""
 
     @classmethod
@@ -340,6 +347,17 @@ class KV:
                 return getattr(self.client.adapter, method)(url, **kw)
             except hvac.exceptions.InvalidPath:
                 return None
+
+    def who(self) -> str:
+        """Who is acting, for records a human's decision goes into: the control node's user and host, and the
+        Vault token's display name when the token may look itself up."""
+        from .lock import person
+        try:
+            resp = self.client.adapter.get("/v1/auth/token/lookup-self")
+            name = ((resp or {}).get("data") or {}).get("display_name") if isinstance(resp, dict) else None
+        except Exception:  # noqa: BLE001 - the name is a courtesy; the user and host are recorded anyway
+            name = None
+        return f"{person()} (Vault token {name})" if name else person()
 
     def check_mount(self) -> None:
         """Fail early, with the fix, when the KV v2 mount is missing or is not version 2 (checked once per Store)."""

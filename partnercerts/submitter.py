@@ -41,8 +41,10 @@ class SubmitResult:
         if self.outcome is Outcome.ALREADY_SUBMITTED:
             return f"already submitted on {self.submitted_at} ({self.message_id})"
         if self.outcome is Outcome.IMPORTED and self.imported is not None:
+            changed = (f"; the authority changed the subject: {'; '.join(self.imported.subject_notes)}"
+                       if self.imported.subject_notes else "")
             return (f"{self.where} and imported: serial {self.imported.serial}, "
-                    f"not after {self.imported.not_after}")
+                    f"not after {self.imported.not_after}{changed}")
         return f"CSR {self.where} (Message-ID {self.message_id})"
 
 

@@ -56,9 +56,11 @@ def csr(c, mzp, app, out=None, force=False):
             "url": "download the certificate from this HTTPS link of the authority's reply",
             "eml": "a saved reply e-mail: the certificate, CA and Client ID are taken from it",
             "ca": "the Stellantis CA certificate (PEM/DER); the chain must verify to it",
-            "client-id": "the Client ID from the authority's reply (default: from --eml, else keep the current one)"})
+            "client-id": "the Client ID from the authority's reply (default: from --eml, else keep the current one)",
+            "accept-subject-change": "accept a change of OU, O or C by the authority, after checking it with them "
+                                     "(recorded in Vault: who, when, the change)"})
 @reports_errors
-def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=None):
+def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=None, accept_subject_change=False):
     """Import a signed certificate (a file, a download link or a reply e-mail) through the strict gate."""
     from .. import rotation, sources
     tk = toolkit()
@@ -66,9 +68,10 @@ def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=N
     for problem in got.problems:
         info(f"warning: {eml}: {problem}")
     when = now()
-    result = tk.importer.import_cert(mzp, app, got.cert, when, ca=got.ca, client_id=got.client_id)
-    if result.warning:
-        info(f"warning: {result.warning}")
+    result = tk.importer.import_cert(mzp, app, got.cert, when, ca=got.ca, client_id=got.client_id,
+                                     accept_subject_change=accept_subject_change)
+    for warning in result.warnings:
+        info(f"warning: {warning}")
     if result.already_current:
         print(f"{mzp}/{app}: certificate serial {result.serial} is already current; nothing changed")
         return

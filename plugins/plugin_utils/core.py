@@ -44,6 +44,8 @@ HINTS = {} if IMPORT_ERROR is not None else {
     Remedy.IMPORT_REPLY: "import the reply (partnercerts import-cert --mzp {mzp} --app {app} --eml REPLY.eml)",
     Remedy.DEPLOY: "run the deploy playbook",
     Remedy.STATUS: "partnercerts status shows every credential",
+    Remedy.ACCEPT_SUBJECT_CHANGE: "if the authority confirms the change, import it by hand with "
+                                  "partnercerts import-cert ... --accept-subject-change",
 }
 
 MISSING = ("the partnercerts Python package is not installed on the controller; pip install partnercerts "

@@ -49,7 +49,10 @@ def test_readme_flow_own_ca_import_status_and_history(cli, raw, own_ca, tmp_path
     fleet = next(x for x in rows if x["app"] == "fleet")
     assert set(fleet) == {"mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since",
                           "hosts_in_sync", "hosts_total", "pending_submitted_at", "pending_age_days",
-                          "turnaround_median_days"}
+                          "turnaround_median_days", "subject_notes", "subject_change_accepted_by"}
+    # `openssl x509 -req` signs the subject verbatim: nothing to warn about.
+    assert fleet["subject_notes"] == [] and fleet["subject_change_accepted_by"] is None
+    assert "changed the subject" not in r.err
     assert fleet["state"] == "active" and fleet["serial"] == serial and fleet["client_id"] == "app-1234-abcd"
     assert fleet["pending_since"] is None and fleet["not_after"].endswith("+00:00")
     end = sh("openssl", "x509", "-in", str(cert), "-noout", "-enddate").stdout.decode().strip().split("=")[1]
@@ -106,7 +109,7 @@ NOW = dt.datetime.now(dt.timezone.utc)
 
 @pytest.mark.parametrize("case,match", [
     ("other_key", "no certificate is for the pending key"),
-    ("other_subject", "differs from the CSR"),
+    ("other_subject", "changed who the certificate identifies (O 'Free2Move SAS' (CSR: 'Free2Move, SAS'))"),
     ("expired", "expired on"),
     ("not_yet_valid", "not valid before"),
     ("too_short", "under the 30-day minimum"),
@@ -124,7 +127,7 @@ def test_gate_refusals_leave_vault_unchanged(cli, raw, tmp_path, case, match):
     ca_file = tmp_path / "ca.pem"
     ca_file.write_bytes(CAS["ca"].cert.public_bytes(serialization.Encoding.PEM))
     pem = csr_pem(cli("csr", "--mzp", "MZP654321", "--app", "fleet").out)
-    other = Subject(**{**SUBJECT.__dict__, "email": "someone@else.example"}).to_name()
+    other = Subject(**{**SUBJECT.__dict__, "organization": "Free2Move SAS"}).to_name()
     body = {
         "other_key": lambda: CAS["ca"].issue(CA().key.public_key(), x509.load_pem_x509_csr(pem.encode()).subject,
                                              now=NOW).public_bytes(serialization.Encoding.PEM),

@@ -97,18 +97,24 @@ class PKI:
         self.ca_key, self.ca = self._ca("Fuzz Stellantis CA", None)
         self.mid_key, self.mid = self._ca("Fuzz Intermediate", (self.ca_key, self.ca))
         self.alt_key, self.alt = self._ca("Fuzz Other CA", None)
+        # An intermediate whose keyUsage does not allow signing certificates: RFC 5280 path validation refuses it.
+        self.nosign_key, self.nosign = self._ca("Fuzz No-keyCertSign Intermediate", (self.ca_key, self.ca),
+                                                cert_sign=False)
 
     @staticmethod
-    def _ca(cn, parent):
+    def _ca(cn, parent, cert_sign: bool | None = None):
         k = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         signer_key, signer = parent or (k, None)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(signer.subject if signer else name)
-                .public_key(k.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(NOW - dt.timedelta(days=10)).not_valid_after(NOW + dt.timedelta(days=3650))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(signer_key, hashes.SHA256()))
-        return k, cert
+        b = (x509.CertificateBuilder().subject_name(name).issuer_name(signer.subject if signer else name)
+             .public_key(k.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(NOW - dt.timedelta(days=10)).not_valid_after(NOW + dt.timedelta(days=3650))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
+        if cert_sign is not None:  # else no keyUsage at all, as `openssl req -x509` makes a CA
+            b = b.add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                              data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
+                                              crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        return k, b.sign(signer_key, hashes.SHA256())
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,7 +125,8 @@ def pki() -> PKI:
 EKUS = {"none": None, "client": (ExtendedKeyUsageOID.CLIENT_AUTH,), "server": (ExtendedKeyUsageOID.SERVER_AUTH,),
         "both": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
         "code": (ExtendedKeyUsageOID.CODE_SIGNING,)}
-SUBJECTS = ("same", "other_cn", "other_ou", "extra_attribute", "reordered")
+SUBJECTS = ("same", "other_cn", "other_ou", "other_o", "dropped_o", "extra_attribute", "reordered", "dropped_l",
+            "recased_c", "changed_email")
 
 
 @st.composite
@@ -135,8 +142,8 @@ def cases(draw):
         "days": draw(st.one_of(long_enough, long_enough, any_days)),
         "eku": draw(st.sampled_from(["client", "client", "both", "none", "server", "code"])),
         "ca_flag": draw(st.sampled_from([False] * 7 + [True])),
-        "issuer": draw(st.sampled_from(["ca", "mid", "alt", "self"])),
-        "with_mid": draw(st.booleans()),
+        "issuer": draw(st.sampled_from(["ca", "mid", "alt", "self", "nosign"])),
+        "with_mid": draw(st.booleans()),  # the intermediate that signed, when one did (mid or nosign)
         "with_ca": draw(st.booleans()),
         "noise": draw(st.integers(0, 3)),
         "anchors": draw(st.sampled_from(["ca", "alt", "both", "none"])),
@@ -155,10 +162,22 @@ def _subject(kind: str) -> x509.Name:
     elif kind == "other_ou":
         base = [a if a.oid != NameOID.ORGANIZATIONAL_UNIT_NAME
                 else x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Other Unit") for a in base]
+    elif kind == "other_o":
+        base = [a if a.oid != NameOID.ORGANIZATION_NAME
+                else x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Free2Move SAS") for a in base]
+    elif kind == "dropped_o":
+        base = [a for a in base if a.oid != NameOID.ORGANIZATION_NAME]
     elif kind == "extra_attribute":
         base.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, "1"))
     elif kind == "reordered":
         base = list(reversed(base))  # the same attributes in another order: the gate compares order-free
+    elif kind == "dropped_l":
+        base = [a for a in base if a.oid != NameOID.LOCALITY_NAME]
+    elif kind == "recased_c":
+        base = [a if a.oid != NameOID.COUNTRY_NAME else x509.NameAttribute(NameOID.COUNTRY_NAME, "fr") for a in base]
+    elif kind == "changed_email":
+        base = [a if a.oid != NameOID.EMAIL_ADDRESS
+                else x509.NameAttribute(NameOID.EMAIL_ADDRESS, "other@example.com") for a in base]
     return x509.Name(base)
 
 
@@ -168,7 +187,8 @@ def build(case: dict) -> tuple[bytes, list[x509.Certificate], x509.Certificate]:
     key = p.pending if case["key"] == "pending" else p.other
     subject = _subject(case["subject"])
     signer_key, issuer_name = {"ca": (p.ca_key, p.ca.subject), "mid": (p.mid_key, p.mid.subject),
-                               "alt": (p.alt_key, p.alt.subject), "self": (key, subject)}[case["issuer"]]
+                               "alt": (p.alt_key, p.alt.subject), "self": (key, subject),
+                               "nosign": (p.nosign_key, p.nosign.subject)}[case["issuer"]]
     start = NOW + dt.timedelta(days=case["start"])
     b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name).public_key(key.public_key())
          .serial_number(x509.random_serial_number()).not_valid_before(start)
@@ -178,7 +198,8 @@ def build(case: dict) -> tuple[bytes, list[x509.Certificate], x509.Certificate]:
     if EKUS[case["eku"]]:
         b = b.add_extension(x509.ExtendedKeyUsage(list(EKUS[case["eku"]])), critical=False)
     leaf = b.sign(signer_key, hashes.SHA256())
-    others = ([p.mid] if case["with_mid"] else []) + ([p.ca] if case["with_ca"] else [])
+    mid = p.nosign if case["issuer"] == "nosign" else p.mid
+    others = ([mid] if case["with_mid"] else []) + ([p.ca] if case["with_ca"] else [])
     for i in range(case["noise"]):
         others.append(x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
                                                                                            f"noise {i}")]))
@@ -202,8 +223,10 @@ def expected_refusal(case: dict) -> str | None:
     """The rules of the import gate, restated independently: the reason it must refuse, or None."""
     if case["key"] != "pending":
         return "no certificate is for the pending key"
-    if case["subject"] not in ("same", "reordered"):
-        return "differs from the CSR's"
+    if case["subject"] == "other_cn":
+        return "not the MZP"
+    if case["subject"] in ("other_ou", "other_o", "dropped_o"):
+        return "changed who the certificate identifies"
     if case["ca_flag"]:
         return "is a CA certificate"
     start, end = case["start"], case["start"] + case["days"]
@@ -222,6 +245,8 @@ def expected_refusal(case: dict) -> str | None:
         return None
     if case["issuer"] == "mid" and case["with_mid"] and "ca" in anchors:
         return None
+    if case["issuer"] == "nosign" and case["with_mid"] and "ca" in anchors:
+        return "keyUsage lacks keyCertSign"
     return "chain does not verify to the CA"
 
 
@@ -255,6 +280,9 @@ def test_the_gate_decides_like_the_rules_and_never_accepts_another_key(case, gat
     assert why is None, f"accepted a certificate the rules refuse ({why})"
     assert spki_sha256(accepted.leaf.public_key()) == pki().pending_sha
     assert accepted.leaf == leaf
+    # An accepted change of the subject is always named in a warning; an unchanged subject never is.
+    assert bool(accepted.differences) == (case["subject"] != "same"), accepted.differences
+    assert not accepted.accepted_changes
 
 
 def _control() -> tuple[bytes, bytes]:

@@ -39,7 +39,7 @@ def test_accepts_a_good_certificate_and_finds_the_path(world):
 
 @pytest.mark.parametrize("case,match", [
     ("other_key", "no certificate is for the pending key"),
-    ("other_subject", "differs from the CSR"),
+    ("other_subject", "changed who the certificate identifies"),
     ("expired", "expired on"),
     ("not_yet", "not valid before"),
     ("too_short", "under the 30-day minimum"),
