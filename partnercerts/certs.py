@@ -143,7 +143,7 @@ def _check_subject(leaf: x509.Certificate, requested: x509.Name, requested_san: 
         raise GateError(f"{source}: {decision.refusal}")
     if decision.identity_changes and not accept_change:
         raise GateError(f"{source}: the authority changed who the certificate identifies "
-                        f"({'; '.join(decision.identity_changes)}) in subject {subjects.show_name(leaf.subject)!r}; "
+                        f"({'; '.join(decision.identity_changes)}) in subject '{subjects.show_name(leaf.subject)}'; "
                         "check the change with the authority", remedy=Remedy.ACCEPT_SUBJECT_CHANGE)
     return decision
 
@@ -179,7 +179,7 @@ def _check_anchors(anchors: list[x509.Certificate], now: dt.datetime, source: st
     """The CA certificate itself must be within its validity (the path validator trusts anchors as they are)."""
     for anchor in anchors:
         if not (anchor.not_valid_before_utc <= now < anchor.not_valid_after_utc):
-            raise GateError(f"{source}: the CA certificate {subjects.show_name(anchor.subject)!r} is outside its "
+            raise GateError(f"{source}: the CA certificate '{subjects.show_name(anchor.subject)}' is outside its "
                             f"validity period ({anchor.not_valid_before_utc.date()} to "
                             f"{anchor.not_valid_after_utc.date()}); get the current CA certificate from the authority")
 

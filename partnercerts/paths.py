@@ -35,8 +35,10 @@ _REASONS: tuple[tuple[str, str, str], ...] = (
      "ask the authority for its CA certificates"),
     ("basicconstraints.ca must be asserted", "an issuer is not a CA (basicConstraints CA:TRUE is missing)",
      "ask the authority for its CA certificates"),
-    ("2.5.29.19: certificate is missing required extension",
-     "an issuer has no basicConstraints, so it is not a CA", "ask the authority for its CA certificates"),
+    ("2.5.29.19: missing required extension", "an issuer has no basicConstraints, so it is not a CA",
+     "ask the authority for its CA certificates"),
+    ("2.5.29.19: certificate is missing required extension", "an issuer has no basicConstraints, so it is not a CA",
+     "ask the authority for its CA certificates"),
     ("path length constraint violated", "an intermediate is deeper than a CA's path length constraint allows",
      "ask the authority for the chain its CA permits"),
     ("not valid at validation time", "a CA certificate on the path is expired or not yet valid",
@@ -104,7 +106,7 @@ def verify(leaf: x509.Certificate, intermediates: list[x509.Certificate], anchor
         reason, fix = worded(str(exc))
         if not reason:
             issuer = _issuer_name(leaf)
-            reason = f"no issuer found for {issuer!r} among the bundle and the CA given"
+            reason = f"no issuer found for '{issuer}' among the bundle and the CA given"
             fix = "give the matching CA file with --ca"
         raise GateError(f"{source}: chain does not verify to the CA ({reason}); {fix}") from None
     return list(verified.chain[1:-1])

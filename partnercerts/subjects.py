@@ -148,8 +148,13 @@ def compare(requested: x509.Name, requested_san: list[x509.GeneralName], cert: x
                                               sorted(after, key=lambda x: normalised(_value(x))), strict=True)
                        if _value(a) != _value(b) or _encoding(a) != _encoding(b)]
             for a, b in recoded:
-                notes.append(f"{name} re-encoded: {_shown(_value(b))} as {_encoding(b)} "
-                             f"(CSR: {_shown(_value(a))} as {_encoding(a)})")
+                if _encoding(a) == _encoding(b):
+                    notes.append(f"{name} written {_shown(_value(b))} (CSR: {_shown(_value(a))})")
+                elif _value(a) == _value(b):
+                    notes.append(f"{name} re-encoded as {_encoding(b)} (CSR: {_encoding(a)})")
+                else:
+                    notes.append(f"{name} re-encoded: {_shown(_value(b))} as {_encoding(b)} "
+                                 f"(CSR: {_shown(_value(a))} as {_encoding(a)})")
             continue
         if oid in IDENTITY:
             if not new:
