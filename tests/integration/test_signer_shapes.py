@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.integration.test_core_csr import CRED, csr_pem
+from tests.integration.test_rotation_prod import set_global, webhook  # noqa: F401 (a fixture)
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 HINT = "if the authority confirms the change, import it again with --accept-subject-change"
@@ -213,3 +214,38 @@ def test_re_encoded_moved_and_added_attributes_import_with_one_warning_naming_ea
     assert row["subject_notes"] == notes and row["subject_change_accepted_by"] is None
     text = cli("status").err
     assert f"serial {serial}: the authority changed the subject: " + "; ".join(notes) in text
+
+
+def test_an_accepted_identity_change_is_recorded_and_notified_with_the_subject_notes(cli, raw, inventory, tmp_path,
+                                                                                    root, request_, webhook):
+    """O changed by the authority: refused, then accepted by a human; Vault records who, when and what, and the
+    certificate_imported notification carries the change and the other differences."""
+    url, received = webhook
+    set_global(inventory, partnercerts_notify={"webhook": {"url": url}})
+    subject = x509.Name([a for a in _replaced(request_.subject, NameOID.ORGANIZATION_NAME, "Free2Move SAS")
+                         if a.oid != NameOID.LOCALITY_NAME])
+    bundle = _pem(root.issue(request_.public_key(), subject))
+    before = raw.snapshot()
+    cert, refused = _import(cli, tmp_path, bundle, root.cert)
+    assert refused.rc == 6 and "(O 'Free2Move SAS' (CSR: 'Free2Move, SAS'))" in refused.err
+    assert raw.snapshot() == before and received == []
+    _, r = _import(cli, tmp_path, bundle, root.cert, "--accept-subject-change")
+    assert r.rc == 0, r.text
+    current = raw.read(f"{CRED}/current")["data"]
+    change = current["subject_change"]
+    assert set(change) == {"accepted_by", "accepted_at", "changes"}
+    assert change["changes"] == ["O 'Free2Move SAS' (CSR: 'Free2Move, SAS')"]
+    person = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    assert change["accepted_by"].startswith(f"{person}@") and "(Vault token " in change["accepted_by"]
+    assert dt.datetime.fromisoformat(change["accepted_at"]) >= NOW
+    assert current["subject_notes"] == ["L dropped (CSR: 'Boulogne-Billancourt')"]
+    assert (f"warning: MZP654321/fleet: identity change accepted by {change['accepted_by']} and recorded in Vault: "
+            "O 'Free2Move SAS' (CSR: 'Free2Move, SAS')") in r.err.splitlines()
+    serial = current["serial"]
+    assert raw.read(f"{CRED}/history/{serial}")["data"]["subject_change"] == change
+    row = next(x for x in json.loads(cli("status", "--json").out) if x["app"] == "fleet")
+    assert row["subject_change_accepted_by"] == change["accepted_by"]
+    (imported,) = [e for batch in received for e in batch["events"] if e["kind"] == "certificate_imported"]
+    assert imported["details"]["subject_notes"] == ["L dropped (CSR: 'Boulogne-Billancourt')"]
+    assert imported["details"]["subject_change"] == change["changes"]
+    assert imported["details"]["subject_change_accepted_by"] == change["accepted_by"]
