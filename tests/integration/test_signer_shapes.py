@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.integration.test_core_csr import CRED, csr_pem
-from tests.integration.test_rotation_prod import set_global, webhook  # noqa: F401 (a fixture)
+from tests.integration.test_rotation_prod import set_global, webhook_server
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 HINT = "if the authority confirms the change, import it again with --accept-subject-change"
@@ -66,6 +66,13 @@ class Authority:
 
 def _pem(*items: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in items)
+
+
+@pytest.fixture
+def hook():
+    url, received, stop = webhook_server()
+    yield url, received
+    stop()
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +224,10 @@ def test_re_encoded_moved_and_added_attributes_import_with_one_warning_naming_ea
 
 
 def test_an_accepted_identity_change_is_recorded_and_notified_with_the_subject_notes(cli, raw, inventory, tmp_path,
-                                                                                    root, request_, webhook):
+                                                                                    root, request_, hook):
     """O changed by the authority: refused, then accepted by a human; Vault records who, when and what, and the
     certificate_imported notification carries the change and the other differences."""
-    url, received = webhook
+    url, received = hook
     set_global(inventory, partnercerts_notify={"webhook": {"url": url}})
     subject = x509.Name([a for a in _replaced(request_.subject, NameOID.ORGANIZATION_NAME, "Free2Move SAS")
                          if a.oid != NameOID.LOCALITY_NAME])
