@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -175,10 +176,13 @@ def _check_not_ca(leaf: x509.Certificate, source: str) -> None:
         raise GateError(f"{source}: is a CA certificate, not a client certificate; import the client certificate")
 
 
-def _check_anchors(anchors: list[x509.Certificate], now: dt.datetime, source: str) -> None:
-    """The CA certificate itself must be within its validity (the path validator trusts anchors as they are)."""
+def _check_anchors(anchors: list[x509.Certificate], issued: list[x509.Certificate], now: dt.datetime,
+                   source: str) -> None:
+    """After a path failure: name a CA certificate outside its validity that issued one of the certificates
+    (the library says only "not valid at validation time"); a stale CA in the file that issued none is no reason."""
+    issuers = {c.issuer for c in issued}
     for anchor in anchors:
-        if not (anchor.not_valid_before_utc <= now < anchor.not_valid_after_utc):
+        if anchor.subject in issuers and not (anchor.not_valid_before_utc <= now < anchor.not_valid_after_utc):
             raise GateError(f"{source}: the CA certificate '{subjects.show_name(anchor.subject)}' is outside its "
                             f"validity period ({anchor.not_valid_before_utc.date()} to "
                             f"{anchor.not_valid_after_utc.date()}); get the current CA certificate from the authority")
@@ -194,8 +198,10 @@ def gate(certs: list[x509.Certificate], *, pending_key_sha256: str, expected_sub
     there; then, given anchors, the RFC 5280 path from the leaf through the bundle's other certificates
     to an anchor (`paths.verify`, cryptography's verifier). Without anchors nothing is verified."""
     try:
-        return _gate(certs, pending_key_sha256, expected_subject, list(requested_san or []), accept_subject_change,
-                     anchors, now, min_validity_days, source)
+        with warnings.catch_warnings():  # cryptography warns (on stderr) of a country name of the wrong length
+            warnings.simplefilter("ignore", UserWarning)
+            return _gate(certs, pending_key_sha256, expected_subject, list(requested_san or []),
+                         accept_subject_change, anchors, now, min_validity_days, source)
     except _MALFORMED as exc:  # a field cryptography parses only when read (subject, issuer, extensions)
         raise GateError(f"{source}: a certificate in it is malformed ({_why(exc)}); ask the authority for a "
                         "well-formed certificate") from None
@@ -212,8 +218,11 @@ def _gate(certs, pending_key_sha256, expected_subject, requested_san, accept_sub
     anchor_prints = {fingerprint(a) for a in anchors}
     extra = [c for c in certs if c is not leaf and fingerprint(c) not in anchor_prints]
     if anchors:
-        _check_anchors(anchors, now, source)
-        chain = paths.verify(leaf, extra, anchors, now, source)
+        try:
+            chain = paths.verify(leaf, extra, anchors, now, source)
+        except GateError:
+            _check_anchors(anchors, [leaf, *extra], now, source)
+            raise
     else:
         chain = [c for c in extra if not _is_self_signed(c)]
     return Accepted(leaf=leaf, chain=chain, anchors=anchors, differences=decision.differences,

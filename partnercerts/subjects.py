@@ -38,12 +38,15 @@ def _value(attr: x509.NameAttribute) -> str:
 
 
 def _escaped(value: str) -> str:
-    out = "".join("\\" + c if c in ',+\\"<>;=' else c for c in value)
-    return "\\" + out if out[:1] in ("#", " ") else out
+    out = "".join("\\" + c if c in ',+\\"<>;' else c for c in value)
+    if out[:1] in ("#", " "):
+        out = "\\" + out
+    return out[:-1] + "\\ " if out.endswith(" ") and len(out) > 1 else out
 
 
 def show_name(name: x509.Name) -> str:
-    """A subject as `openssl x509 -subject -noout` prints it: certificate order, short names, ', ' between."""
+    """A subject as `openssl x509 -noout -subject -nameopt sep_comma_plus_space,esc_2253,utf8,sname` prints it:
+    certificate order, short names, RFC 2253 escapes, ', ' between."""
     return ", ".join(f"{short_name(a.oid)}={_escaped(_value(a))}" for a in name)
 
 

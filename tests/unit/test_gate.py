@@ -158,3 +158,19 @@ def test_serial_is_printed_like_openssl(world):
     out = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=leaf.public_bytes(serialization.Encoding.PEM),
                          capture_output=True, check=True).stdout.decode().strip()
     assert out == f"serial={certs.serial_hex(leaf)}"
+
+
+def test_a_stale_ca_beside_the_right_one_is_no_reason_to_refuse(world):
+    ca, pending = world
+    old = CA("Retired CA", now=NOW - dt.timedelta(days=400), days=30, not_before=NOW - dt.timedelta(days=500))
+    leaf = ca.issue(pending.public_key(), SUBJECT.to_name())
+    assert run([leaf], pending, [old.cert, ca.cert]).leaf == leaf
+
+
+def test_the_expired_ca_that_signed_is_named(world):
+    _, pending = world
+    old = CA("Expired Signing CA", now=NOW - dt.timedelta(days=10), days=5, not_before=NOW - dt.timedelta(days=40))
+    leaf = old.issue(pending.public_key(), SUBJECT.to_name(), not_before=NOW - dt.timedelta(days=1))
+    with pytest.raises(GateError, match=r"^reply.pem: the CA certificate 'O=Test CA, CN=Expired Signing CA' is "
+                                        r"outside its validity period \("):
+        run([leaf], pending, [old.cert])
