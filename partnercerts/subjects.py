@@ -46,8 +46,8 @@ def _escaped(value: str) -> str:
 
 def show_name(name: x509.Name) -> str:
     """A subject as `openssl x509 -noout -subject -nameopt sep_comma_plus_space,esc_2253,utf8,sname` prints it:
-    certificate order, short names, RFC 2253 escapes, ', ' between."""
-    return ", ".join(f"{short_name(a.oid)}={_escaped(_value(a))}" for a in name)
+    certificate order, short names, RFC 2253 escapes, ', ' between RDNs and ' + ' inside a multi-valued one."""
+    return ", ".join(" + ".join(f"{short_name(a.oid)}={_escaped(_value(a))}" for a in rdn) for rdn in name.rdns)
 
 
 def _shown(value: str) -> str:

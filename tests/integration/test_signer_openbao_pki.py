@@ -12,7 +12,8 @@ applies the subject rules of `partnercerts.subjects.compare`:
 - a role that writes another O, drops O, OU and C, or splits "Free2Move, SAS" into two O values (a
   role's `organization` given as one comma-separated string) is refused with one exact line and nothing
   changes in Vault; with `--accept-subject-change` it imports, and who accepted which change is recorded;
-- path validation (RFC 5280, cryptography's verifier) passes for the engine's root (keyUsage keyCertSign).
+- path validation (RFC 5280, cryptography's verifier) passes for the engine's root (keyUsage keyCertSign),
+  and another CA is refused.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from pathlib import Path
 
 import hvac
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from tests.integration.test_core_csr import CRED
+from tests.pki import CA
 
 MZP, APP = "MZP654321", "fleet"
 TTL = "8760h"
@@ -59,9 +62,9 @@ WARNING = (f"warning: {MZP}/{APP}: the authority changed the subject the CSR ask
            "change who the certificate identifies: ")
 ST_DROPPED = "ST dropped (CSR: 'Île-de-France')"
 L_DROPPED = "L dropped (CSR: 'Boulogne-Billancourt')"
-O_RECODED = "O re-encoded: 'Free2Move, SAS' as PrintableString (CSR: 'Free2Move, SAS' as UTF8String)"
-OU_RECODED = "OU re-encoded: 'Programs Partners' as PrintableString (CSR: 'Programs Partners' as UTF8String)"
-CN_RECODED = "CN re-encoded: 'MZP654321' as PrintableString (CSR: 'MZP654321' as UTF8String)"
+O_RECODED = "O re-encoded as PrintableString (CSR: UTF8String)"
+OU_RECODED = "OU re-encoded as PrintableString (CSR: UTF8String)"
+CN_RECODED = "CN re-encoded as PrintableString (CSR: UTF8String)"
 EMAIL_DROPPED = "emailAddress dropped (CSR: 'pki@free2move.example')"
 CN_SAN_ADDED = "SAN added: DNS:MZP654321"
 
@@ -70,12 +73,14 @@ CN_SAN_ADDED = "SAN added: DNS:MZP654321"
 # OU, CN in the CSR's order (no 3d); the CN added as a DNS SAN (3e).
 ROLE_WARNING = ("warning: MZP654321/fleet: the authority changed the subject the CSR asked for, accepted as it does "
                 "not change who the certificate identifies: ST dropped (CSR: 'Île-de-France'); L dropped (CSR: "
-                "'Boulogne-Billancourt'); O re-encoded: 'Free2Move, SAS' as PrintableString (CSR: 'Free2Move, SAS' "
-                "as UTF8String); OU re-encoded: 'Programs Partners' as PrintableString (CSR: 'Programs Partners' as "
-                "UTF8String); CN re-encoded: 'MZP654321' as PrintableString (CSR: 'MZP654321' as UTF8String); "
+                "'Boulogne-Billancourt'); O re-encoded as PrintableString (CSR: UTF8String); OU re-encoded as "
+                "PrintableString (CSR: UTF8String); CN re-encoded as PrintableString (CSR: UTF8String); "
                 "emailAddress dropped (CSR: 'pki@free2move.example'); SAN added: DNS:MZP654321")
 ROLE_NOTES = [ST_DROPPED, L_DROPPED, O_RECODED, OU_RECODED, CN_RECODED, EMAIL_DROPPED]
 assert ROLE_WARNING == WARNING + "; ".join([*ROLE_NOTES, CN_SAN_ADDED])
+
+
+CLIENT_AUTH = "TLS Web Client Authentication"
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Signing:
     params: dict                  # besides csr and ttl
     subject: str                  # what `openssl x509 -subject -nameopt NAMEOPT` prints
     san: str                      # what `openssl x509 -ext subjectAltName` prints ("" when there is none)
+    eku: str = CLIENT_AUTH        # what `openssl x509 -ext extendedKeyUsage` prints ("" when there is none)
 
 
 ACCEPTED = {
@@ -97,28 +103,27 @@ ACCEPTED = {
     # 2b. The CN left out of the SANs and none asked for: the engine writes no SAN extension at all.
     "role-no-san": (Signing("sign/psa", {"exclude_cn_from_sans": True}, ROLE_SUBJECT, ""), ROLE_NOTES),
     # 4. sign-verbatim: the CSR's subject, attribute by attribute and encoding by encoding; no SAN, no EKU.
-    "verbatim": (Signing("sign-verbatim/psa", {}, CSR_SUBJECT, ""), []),
+    "verbatim": (Signing("sign-verbatim/psa", {}, CSR_SUBJECT, "", eku=""), []),
     "verbatim-client-eku": (Signing("sign-verbatim/psa", {"ext_key_usage": ["ClientAuth"]}, CSR_SUBJECT, ""), []),
 }
 
-REFUSED = {
+REFUSED = [
     # 3. The role writes its own organization.
-    "role-own-o": (Signing("sign/psa", {}, "", ""), "stellantis-o",
-                   "C=FR, O=Stellantis Partners, OU=Programs Partners, CN=MZP654321",
-                   ["O 'Stellantis Partners' (CSR: 'Free2Move, SAS')"],
-                   [ST_DROPPED, L_DROPPED, OU_RECODED, CN_RECODED, EMAIL_DROPPED, CN_SAN_ADDED]),
+    pytest.param("stellantis-o", "C=FR, O=Stellantis Partners, OU=Programs Partners, CN=MZP654321",
+                 ["O 'Stellantis Partners' (CSR: 'Free2Move, SAS')"],
+                 [ST_DROPPED, L_DROPPED, OU_RECODED, CN_RECODED, EMAIL_DROPPED, CN_SAN_ADDED], id="role-own-o"),
     # 5. A role with no ou, organization, country: the engine leaves O, OU and C out.
-    "role-no-identity": (Signing("sign/psa", {}, "", ""), "no-identity", "CN=MZP654321",
-                         ["C dropped (CSR: 'FR')", "O dropped (CSR: 'Free2Move, SAS')",
-                          "OU dropped (CSR: 'Programs Partners')"],
-                         [ST_DROPPED, L_DROPPED, CN_RECODED, EMAIL_DROPPED, CN_SAN_ADDED]),
+    pytest.param("no-identity", "CN=MZP654321",
+                 ["C dropped (CSR: 'FR')", "O dropped (CSR: 'Free2Move, SAS')",
+                  "OU dropped (CSR: 'Programs Partners')"],
+                 [ST_DROPPED, L_DROPPED, CN_RECODED, EMAIL_DROPPED, CN_SAN_ADDED], id="role-no-identity"),
     # The role's organization given as the string "Free2Move, SAS": the engine splits it at the comma into
-    # two O values (one multi-valued RDN, DER-sorted: SAS first). Another O, so an identity change.
-    "role-comma-string-o": (Signing("sign/psa", {}, "", ""), "comma-string-o",
-                            "C=FR, O=SAS, O=Free2Move, OU=Programs Partners, CN=MZP654321",
-                            ["O 'SAS', 'Free2Move' (CSR: 'Free2Move, SAS')"],
-                            [ST_DROPPED, L_DROPPED, OU_RECODED, CN_RECODED, EMAIL_DROPPED, CN_SAN_ADDED]),
-}
+    # two O values in one multi-valued RDN, DER-sorted (SAS first): another O, so an identity change.
+    pytest.param("comma-string-o", "C=FR, O=SAS + O=Free2Move, OU=Programs Partners, CN=MZP654321",
+                 ["O 'SAS', 'Free2Move' (CSR: 'Free2Move, SAS')"],
+                 [ST_DROPPED, L_DROPPED, OU_RECODED, CN_RECODED, EMAIL_DROPPED, CN_SAN_ADDED],
+                 id="role-comma-string-o"),
+]
 
 
 def sh(*args) -> str:
@@ -157,11 +162,11 @@ def pki(bao, tmp_path_factory) -> Pki:
         client.sys.disable_secrets_engine(path)
 
 
-def signed(cli, pki: Pki, tmp_path: Path, signing: Signing) -> Path:
-    """The CLI's pending CSR, signed by the engine as `signing` says, saved as the authority would send it."""
+def signed(cli, pki: Pki, tmp_path: Path, endpoint: str, params: dict) -> Path:
+    """The CLI's pending CSR, signed by the engine at `endpoint`, saved as the authority would send it."""
     csr_file = tmp_path / "fleet.csr"
     cli("csr", "--mzp", MZP, "--app", APP, "--out", str(csr_file))
-    data = pki.sign(signing.endpoint, csr_file.read_text(), signing.params)
+    data = pki.sign(endpoint, csr_file.read_text(), params)
     assert data["issuing_ca"] == pki.ca_pem
     cert = tmp_path / "fleet.crt"
     cert.write_text(data["certificate"] + "\n")
@@ -173,9 +178,10 @@ def openssl_subject(path: Path, kind: str = "x509", types: bool = False) -> str:
     return out.strip().removeprefix("subject=")
 
 
-def openssl_san(cert: Path) -> str:
-    lines = sh("openssl", "x509", "-in", cert, "-noout", "-ext", "subjectAltName").splitlines()
-    return lines[1].strip() if len(lines) > 1 and "Subject Alternative Name" in lines[0] else ""
+def openssl_ext(cert: Path, ext: str) -> str:
+    """One extension's value as `openssl x509 -ext` prints it, "" when the certificate has none."""
+    lines = sh("openssl", "x509", "-in", cert, "-noout", "-ext", ext).splitlines()
+    return lines[1].strip() if len(lines) > 1 and lines[0].startswith("X509v3 ") else ""
 
 
 def recoded_by_openssl(csr: Path, cert: Path) -> list[str]:
@@ -191,28 +197,38 @@ def fleet_row(cli) -> dict:
     return next(r for r in json.loads(cli("status", "--json").out) if r["mzp"] == MZP and r["app"] == APP)
 
 
-def import_args(cert: Path, pki: Pki, *extra: str) -> list[str]:
-    return ["import-cert", "--mzp", MZP, "--app", APP, "--cert", str(cert), "--ca", str(pki.ca_file),
-            "--client-id", "cid-1", *extra]
+def import_args(cert: Path, ca: Path, *extra: str) -> list[str]:
+    return ["import-cert", "--mzp", MZP, "--app", APP, "--cert", str(cert), "--ca", str(ca), "--client-id", "cid-1",
+            *extra]
 
 
 @pytest.mark.parametrize("signing,notes", ACCEPTED.values(), ids=ACCEPTED.keys())
 def test_engine_signed_certificate_imports_naming_each_difference(cli, raw, pki, tmp_path, signing, notes):
-    cert = signed(cli, pki, tmp_path, signing)
+    cert = signed(cli, pki, tmp_path, signing.endpoint, signing.params)
     # What the engine issued, read by openssl, is what the case says.
     assert openssl_subject(tmp_path / "fleet.csr", "req") == CSR_SUBJECT
     assert openssl_subject(cert) == signing.subject
-    assert openssl_san(cert) == signing.san
-    assert [n.split(" ", 1)[0] for n in notes if " re-encoded: " in n] == recoded_by_openssl(tmp_path / "fleet.csr",
+    assert openssl_ext(cert, "subjectAltName") == signing.san
+    assert openssl_ext(cert, "extendedKeyUsage") == signing.eku
+    assert [n.split(" ", 1)[0] for n in notes if " re-encoded " in n] == recoded_by_openssl(tmp_path / "fleet.csr",
                                                                                           cert)
-    r = cli(*import_args(cert, pki))
+    if signing.endpoint == "sign/psa" and not signing.params:
+        # The path is really validated: the same certificate against another CA is refused, nothing written.
+        other = tmp_path / "other-ca.pem"
+        other.write_bytes(CA("Other Root").cert.public_bytes(serialization.Encoding.PEM))
+        before = raw.snapshot()
+        refused = cli(*import_args(cert, other), ok=False)
+        assert (refused.rc, refused.err) == (6, f"error: {cert}: chain does not verify to the CA (no issuer found for "
+                                                "'CN=Test PKI Root' among the bundle and the CA given); give the "
+                                                "matching CA file with --ca\n")
+        assert raw.snapshot() == before
+    r = cli(*import_args(cert, pki.ca_file))
     serial = sh("openssl", "x509", "-in", cert, "-noout", "-serial").strip().split("=")[1]
     assert f"{MZP}/{APP}: imported serial {serial}," in r.out
-    lines = r.err.splitlines()
-    assert [line for line in lines if "changed the subject" in line] == ([WARNING + "; ".join(notes)] if notes else [])
+    # One warning line naming every difference, nothing else (the chain verified: no warning about it).
+    assert r.err.splitlines() == ([WARNING + "; ".join(notes)] if notes else [])
     if signing.endpoint == "sign/psa" and not signing.params:
-        assert ROLE_WARNING in lines
-    assert not [line for line in lines if "identity change" in line or "not verified" in line], r.err
+        assert r.err == ROLE_WARNING + "\n"
     # The differences are stored with the certificate and shown by status.
     cur = raw.read(f"{CRED}/current")["data"]
     assert cur["serial"] == serial and cur["ca_pem"] == pki.ca_pem + "\n" and cur["chain_pem"] == ""
@@ -224,36 +240,35 @@ def test_engine_signed_certificate_imports_naming_each_difference(cli, raw, pki,
     assert row["subject_notes"] == notes and row["subject_change_accepted_by"] is None
 
 
-@pytest.mark.parametrize("signing,role,subject,changes,notes", REFUSED.values(), ids=REFUSED.keys())
-def test_identity_change_refused_then_accepted_and_recorded(cli, raw, pki, tmp_path, signing, role, subject,
-                                                            changes, notes):
-    signing = Signing(f"sign/{role}", signing.params, subject, "DNS:MZP654321")
-    cert = signed(cli, pki, tmp_path, signing)
-    assert openssl_subject(cert) == subject and openssl_san(cert) == "DNS:MZP654321"
+@pytest.mark.parametrize("role,subject,changes,notes", REFUSED)
+def test_identity_change_refused_then_accepted_and_recorded(bao, cli, raw, pki, tmp_path, role, subject, changes,
+                                                            notes):
+    cert = signed(cli, pki, tmp_path, f"sign/{role}", {})
+    assert openssl_subject(cert) == subject
+    assert openssl_ext(cert, "subjectAltName") == "DNS:MZP654321"
     before = raw.snapshot()
-    r = cli(*import_args(cert, pki), ok=False)
-    assert r.rc == 6, r.text
-    assert r.err == (f"error: {cert}: the authority changed who the certificate identifies ({'; '.join(changes)}) "
-                     f"in subject '{subject}'; check the change with the authority; if the authority confirms the "
-                     "change, import it again with --accept-subject-change\n")
+    refused = cli(*import_args(cert, pki.ca_file), ok=False)
+    assert refused.rc == 6, refused.text
+    line = (f"error: {cert}: the authority changed who the certificate identifies ({'; '.join(changes)}) "
+            f"in subject '{subject}'; check the change with the authority; if the authority confirms the "
+            "change, import it again with --accept-subject-change\n")
+    assert refused.err == line
     assert raw.snapshot() == before
     # A human checked with the authority: the same file imports, and the acceptance is recorded.
     started = dt.datetime.now(dt.timezone.utc)
-    r = cli(*import_args(cert, pki, "--accept-subject-change"))
+    r = cli(*import_args(cert, pki.ca_file, "--accept-subject-change"))
     cur = raw.read(f"{CRED}/current")["data"]
     change = cur["subject_change"]
     assert set(change) == {"accepted_by", "accepted_at", "changes"} and change["changes"] == changes
-    me = f"{getpass.getuser()}@{socket.gethostname()}"
-    assert change["accepted_by"] in (me, f"{me} (Vault token root)"), change
+    token = bao.client().auth.token.lookup_self()["data"]["display_name"]
+    assert change["accepted_by"] == f"{getpass.getuser()}@{socket.gethostname()} (Vault token {token})"
     accepted_at = dt.datetime.fromisoformat(change["accepted_at"])
     assert accepted_at.tzinfo is not None and started - dt.timedelta(seconds=5) <= accepted_at
     assert accepted_at <= dt.datetime.now(dt.timezone.utc)
     assert cur["subject_notes"] == notes
     assert raw.read(f"{CRED}/history/{cur['serial']}")["data"]["subject_change"] == change
-    lines = r.err.splitlines()
-    assert f"warning: {MZP}/{APP}: identity change accepted by {change['accepted_by']} and recorded in Vault: " \
-           f"{'; '.join(changes)}" in lines
-    assert WARNING + "; ".join(notes) in lines
+    assert r.err.splitlines() == [f"warning: {MZP}/{APP}: identity change accepted by {change['accepted_by']} and "
+                                  f"recorded in Vault: {'; '.join(changes)}", WARNING + "; ".join(notes)]
     row = fleet_row(cli)
     assert row["serial"] == cur["serial"] and row["subject_change_accepted_by"] == change["accepted_by"]
     assert row["subject_notes"] == notes

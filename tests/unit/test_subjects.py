@@ -100,3 +100,16 @@ def test_subjects_are_shown_as_openssl_shows_them(attrs):
                           "sep_comma_plus_space,esc_2253,utf8,sname"],
                          input=c.public_bytes(serialization.Encoding.PEM), capture_output=True, check=True)
     assert out.stdout.decode().rstrip("\n") == "subject=" + show_name(c.subject)
+
+
+def test_a_multi_valued_rdn_is_shown_with_plus_as_openssl_does():
+    name = x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(C, "FR")]),
+                      x509.RelativeDistinguishedName([x509.NameAttribute(ORG, "SAS"),
+                                                      x509.NameAttribute(ORG, "Free2Move")]),
+                      x509.RelativeDistinguishedName([x509.NameAttribute(CN, "MZP128745")])])
+    c = cert(name)
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt",
+                          "sep_comma_plus_space,esc_2253,utf8,sname"],
+                         input=c.public_bytes(serialization.Encoding.PEM), capture_output=True, check=True)
+    assert out.stdout.decode().rstrip("\n") == "subject=" + show_name(c.subject)
+    assert " + " in show_name(c.subject)
