@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -46,8 +47,16 @@ def _extension(cert: x509.Certificate, kind, source: str):
                         "certificate") from None
 
 
+_PARSE_ERROR = re.compile(r"ParseError \{ kind: (\w+)(?:.*?location: \[([^\]]*)\])?")
+
+
 def _why(exc: Exception) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    parse = _PARSE_ERROR.search(text)
+    if parse:  # cryptography's ASN.1 parser: say what and where, not its internal structure
+        where = ".".join(p.strip().strip('"') for p in (parse.group(2) or "").split(",") if p.strip())
+        kind = re.sub(r"(?<!^)([A-Z])", r" \1", parse.group(1)).lower()
+        return f"{kind} in {where}" if where else kind
     return text if len(text) <= 120 else text[:120] + "…"
 
 

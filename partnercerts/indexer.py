@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
 
 from .inventory import Application, Partner
@@ -20,6 +21,31 @@ def bounded(text: str) -> str:
     return text if len(text) <= MAX_VALUE else text[:MAX_VALUE - 1] + "…"
 
 
+def notes_value(notes: list[str]) -> str:
+    """Subject notes as one custom-metadata value: a JSON list, whole notes only, at most MAX_VALUE characters;
+    when they do not fit, the last entry says how many more the certificate's record holds."""
+    if not notes:
+        return ""
+    for keep in range(len(notes), -1, -1):
+        shown = notes[:keep] + ([f"and {len(notes) - keep} more, in the certificate's record in Vault"]
+                                if keep < len(notes) else [])
+        text = json.dumps(shown, ensure_ascii=False)
+        if len(text) <= MAX_VALUE:
+            return text
+    return json.dumps([f"{len(notes)} differences, in the certificate's record in Vault"])
+
+
+def notes_of(value: str) -> list[str]:
+    """The subject notes kept by `notes_value`."""
+    if not value:
+        return []
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return [value]
+    return [str(n) for n in found] if isinstance(found, list) else [str(found)]
+
+
 def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Hosts | None, now: dt.datetime) -> Index:
     """The index a credential's records give (no Vault access: the records are passed in)."""
     from . import certs
@@ -32,7 +58,7 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
                       ca_fingerprint_sha256=certs.fingerprint(anchors[0]) if anchors else "",
                       key_spec=cur.key_spec, current_version=str(version),
                       turnarounds=",".join(str(t) for t in cur.turnarounds),
-                      subject_notes=bounded("; ".join(cur.subject_notes)),
+                      subject_notes=notes_value(cur.subject_notes),
                       subject_accepted_by=bounded(str(cur.subject_change.get("accepted_by", ""))
                                                   if cur.subject_change else ""))
     if pend is not None:

@@ -5,7 +5,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from .errors import Remedy
-from .indexer import Found, Indexer
+from .indexer import Found, Indexer, notes_of
 from .inventory import Application, Inventory, Partner
 from .keymaker import KeyMaker
 from .lifecycle import Action, Step, days_left, plan_one, state_of
@@ -38,7 +38,7 @@ class Row:
     pending_submitted_at: str = ""
     pending_age_days: int | None = None
     turnaround_median_days: float | None = None
-    subject_notes: str = ""          # what the authority changed in the subject of the current certificate
+    subject_notes: list[str] = field(default_factory=list)  # what the authority changed in the current subject
     subject_accepted_by: str = ""    # who accepted an identity change in it
     notes: list[Note] = field(default_factory=list, compare=False)
 
@@ -52,7 +52,7 @@ class Row:
                 "pending_since": self.pending_since or None, "hosts_in_sync": self.hosts_in_sync,
                 "hosts_total": self.hosts_total, "pending_submitted_at": self.pending_submitted_at or None,
                 "pending_age_days": self.pending_age_days, "turnaround_median_days": self.turnaround_median_days,
-                "subject_notes": [n for n in self.subject_notes.split("; ") if n] if self.subject_notes else [],
+                "subject_notes": list(self.subject_notes),
                 "subject_change_accepted_by": self.subject_accepted_by or None}
 
 
@@ -85,13 +85,14 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
     if index.subject_accepted_by:
         notes.append(Note(f"serial {index.serial}: an identity change in its subject was accepted by "
                           f"{index.subject_accepted_by}"))
-    if index.subject_notes:
-        notes.append(Note(f"serial {index.serial}: the authority changed the subject: {index.subject_notes}"))
+    subject_notes = notes_of(index.subject_notes)
+    if subject_notes:
+        notes.append(Note(f"serial {index.serial}: the authority changed the subject: {'; '.join(subject_notes)}"))
     synced = bool(index.hosts_total)
     return Row(mzp, app, index.client_id, state_of(index, now, partner.renew_before_days).value, index.serial,
                index.not_after, days_left(now, index.not_after_dt()), index.pending_since,
                int(index.hosts_in_sync or 0) if synced else None, int(index.hosts_total) if synced else None,
-               index.pending_submitted_at, age, turnaround, index.subject_notes, index.subject_accepted_by, notes)
+               index.pending_submitted_at, age, turnaround, subject_notes, index.subject_accepted_by, notes)
 
 
 class Planner:

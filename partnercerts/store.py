@@ -292,7 +292,7 @@ class Index:
     hosts_total: str = ""
     hosts_in_sync: str = ""
     hosts_checked_at: str = ""
-    subject_notes: str = ""           # what the authority changed in the subject, "; "-separated, bounded
+    subject_notes: str = ""           # what the authority changed in the subject: a JSON list, bounded
     subject_accepted_by: str = ""     # who accepted an identity change (OU, O, C), when one was accepted
     updated_at: str = ""
 

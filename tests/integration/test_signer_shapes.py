@@ -256,3 +256,26 @@ def test_an_accepted_identity_change_is_recorded_and_notified_with_the_subject_n
     assert imported["details"]["subject_notes"] == ["L dropped (CSR: 'Boulogne-Billancourt')"]
     assert imported["details"]["subject_change"] == change["changes"]
     assert imported["details"]["subject_change_accepted_by"] == change["accepted_by"]
+
+
+def test_status_shows_notes_with_semicolons_whole_and_says_when_more_are_in_vault(cli, raw, tmp_path, root,
+                                                                                  request_):
+    """A value holding '; ' stays one note; past what the index may hold, status says how many more Vault has."""
+    added = [NameOID.TITLE, NameOID.POSTAL_CODE, NameOID.GIVEN_NAME, NameOID.SURNAME, NameOID.PSEUDONYM,
+             NameOID.SERIAL_NUMBER, NameOID.GENERATION_QUALIFIER, NameOID.DN_QUALIFIER, NameOID.USER_ID,
+             NameOID.BUSINESS_CATEGORY]
+    subject = x509.Name(list(_replaced(request_.subject, NameOID.LOCALITY_NAME, "Paris; 8e"))
+                        + [x509.NameAttribute(oid, f"value {n} of a long attribute the authority added")
+                           for n, oid in enumerate(added)])
+    _, r = _import(cli, tmp_path, _pem(root.issue(request_.public_key(), subject)), root.cert)
+    assert r.rc == 0, r.text
+    notes = raw.read(f"{CRED}/current")["data"]["subject_notes"]
+    assert notes[0] == "L 'Paris; 8e' (CSR: 'Boulogne-Billancourt')"
+    assert notes[1:] == [f"{name} 'value {n} of a long attribute the authority added' added" for n, name in
+                         enumerate(["title", "postalCode", "GN", "SN", "pseudonym", "serialNumber",
+                                    "generationQualifier", "dnQualifier", "UID", "businessCategory"])]
+    row = next(x for x in json.loads(cli("status", "--json").out) if x["app"] == "fleet")
+    shown = row["subject_notes"]
+    assert len(json.dumps(shown, ensure_ascii=False)) <= 500 and 5 <= len(shown) < len(notes)
+    assert shown[:-1] == notes[:len(shown) - 1]
+    assert shown[-1] == f"and {len(notes) - len(shown) + 1} more, in the certificate's record in Vault"
