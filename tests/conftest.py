@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from devtools.devservers import DevBao, free_port  # noqa: E402,F401 (tests import free_port from here)
 
-pytest_plugins = ["tests.plugins.testhosts", "tests.plugins.chaos"]
+pytest_plugins = ["tests.plugins.testhosts", "tests.plugins.chaos", "tests.plugins.mailbox"]
 
 DEMO_PARTNER = """\
 partnercerts_partners:
