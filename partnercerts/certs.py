@@ -36,6 +36,9 @@ def _key_sha256(cert: x509.Certificate) -> str | None:
         return None
 
 
+key_sha256 = _key_sha256  # for correlating a reply with a pending key, as the gate does
+
+
 def _extension(cert: x509.Certificate, kind, source: str):
     """The value of one extension, None when absent; a malformed extension list is a refusal."""
     try:

@@ -35,6 +35,7 @@ class Remedy(str, enum.Enum):
     STATUS = "status"                          # list every credential
     SANDBOX_DOWN = "sandbox_down"              # stop the running sandbox API
     ACCEPT_SUBJECT_CHANGE = "accept_subject"   # import again, accepting the authority's change of OU/O/C
+    STORE_MAILBOX_PASSWORD = "mailbox_password"  # mzp: store the reply mailbox's password
 
 
 class Error(Exception):

@@ -71,11 +71,12 @@ class Importer:
 
     def import_cert(self, mzp: str, app: str, cert: Source, now: dt.datetime, ca: Source | None = None,
                     client_id: str | None = None, submission: str = "", submitted_at: str = "",
-                    accept_subject_change: bool = False) -> ImportResult:
+                    accept_subject_change: bool = False, dry_run: bool = False) -> ImportResult:
         """Pass a certificate through the strict gate and make it current; on any refusal nothing changes.
 
         accept_subject_change: a human checked with the authority that its change of OU, O or C is
-        right; the acceptance (who, when, the changes) is recorded with the certificate."""
+        right; the acceptance (who, when, the changes) is recorded with the certificate.
+        dry_run: everything up to and including the gate, nothing written."""
         from . import certs
         from . import csr as csrmod
         self.inventory.partner(mzp).app(app)
@@ -107,7 +108,8 @@ class Importer:
         if accepted.accepted_changes:
             record.subject_change = {"accepted_by": self.store.who(), "accepted_at": iso(now),
                                      "changes": list(accepted.accepted_changes)}
-        record = self._write(mzp, app, record, cur, pend, cert.name, now)
+        if not dry_run:
+            record = self._write(mzp, app, record, cur, pend, cert.name, now)
         warnings = []
         if not accepted.anchors:
             warnings.append(f"{mzp}/{app}: imported without a CA certificate, so the chain was not verified; "

@@ -16,6 +16,7 @@ from .errors import UserError, names, shown
 from .profile import Subject, check_app, check_email, check_key_spec, make_subject
 
 if TYPE_CHECKING:
+    from .imap import MailboxConfig
     from .mail import SmtpConfig
     from .notify import NotifyConfig
 
@@ -23,7 +24,7 @@ SUBMISSION_METHODS = ("sandbox", "outbox", "email")
 SUBMISSION_KEYS = {"method", "to", "from", "dir", "smtp"}
 VAR = "partnercerts_partners"
 PARTNER_KEYS = {"mzp", "country", "state", "locality", "organization", "email", "applications",
-                "submission", "renew_before_days", "pending_reminder_days", "deploy_window_days"}
+                "submission", "renew_before_days", "pending_reminder_days", "deploy_window_days", "reply_mailbox"}
 APP_KEYS = {"name", "key"}
 
 
@@ -54,6 +55,7 @@ class Partner:
     pending_reminder_days: int = 7
     deploy_window_days: int = 7
     source: str = ""
+    reply_mailbox: MailboxConfig | None = None  # where the authority's replies land, read by `replies`
 
     @property
     def mzp(self) -> str:
@@ -212,8 +214,11 @@ def _partner(raw: object, where: str, source: str) -> Partner:
         if any(x.name == name for x in apps):
             raise UserError(f"{where}: application {name!r} is listed twice; give each application a unique name")
         apps.append(Application(name=name, key_spec=check_key_spec(a.get("key"), f"{where}: application {name}")))
+    from .imap import MailboxConfig
+    mailbox = (MailboxConfig.from_mapping(raw["reply_mailbox"], f"{where}: reply_mailbox")
+               if raw.get("reply_mailbox") is not None else None)
     return Partner(subject=subject, applications=tuple(apps), submission=submission, renew_before_days=renew,
-                   pending_reminder_days=reminder, deploy_window_days=window, source=source)
+                   pending_reminder_days=reminder, deploy_window_days=window, source=source, reply_mailbox=mailbox)
 
 
 def clean_absolute(path: str) -> bool:

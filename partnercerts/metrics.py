@@ -22,6 +22,7 @@ HELP = {
     "certificate_info": "The current certificate of a credential (serial, Client ID, state); always 1.",
     "last_run_timestamp_seconds": "Time the last rotation run ended, in Unix seconds.",
     "last_success_timestamp_seconds": "Time the last successful rotation run ended, in Unix seconds.",
+    "replies_left": "Messages the last read of the reply mailbox left in place (unmatched, refused, unreadable).",
 }
 
 
@@ -51,7 +52,7 @@ def _seconds(t: dt.datetime) -> int:
 
 
 def render(rows: Iterable, *, now: dt.datetime, last_run: dt.datetime | None,
-           last_success: dt.datetime | None) -> str:
+           last_success: dt.datetime | None, replies_left: dict[str, dict[str, int]] | None = None) -> str:
     """The exposition text: HELP and TYPE, then the samples of each family; families without samples left out."""
     families: dict[str, list[str]] = {name: [] for name in HELP}
     seen = set()
@@ -80,6 +81,9 @@ def render(rows: Iterable, *, now: dt.datetime, last_run: dt.datetime | None,
         families["last_run_timestamp_seconds"].append(f" {_seconds(last_run)}")
     if last_success is not None:
         families["last_success_timestamp_seconds"].append(f" {_seconds(last_success)}")
+    for mzp, counts in (replies_left or {}).items():
+        for reason, count in counts.items():
+            families["replies_left"].append(f"{_labels([('mzp', mzp), ('reason', reason)])} {int(count)}")
     out = []
     for name, samples in families.items():
         if not samples:

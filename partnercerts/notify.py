@@ -37,6 +37,7 @@ DETAIL_FIELDS = frozenset({
     "submitted_at", "submission", "message_id", "turnaround_median_days",
     "hosts", "hosts_in_sync", "hosts_total", "failed_hosts", "error",
     "subject_notes", "subject_change", "subject_change_accepted_by",
+    "mailbox", "uid", "reply_subject", "reply_date",
 })
 SECRET_MARKERS = ("-----BEGIN", "PRIVATE KEY")
 MAX_TEXT = 1000
@@ -51,6 +52,8 @@ class Kind(str, enum.Enum):
     REMINDER = "reminder"                      # a submitted CSR still waits for the authority
     EXPIRING_UNRENEWED = "expiring_unrenewed"  # expiring, and nothing pending to replace it
     EXPIRED = "expired"
+    REPLY_UNMATCHED = "reply_unmatched"        # a message in the reply mailbox matches no pending credential
+    REPLY_REFUSED = "reply_refused"            # a reply for a pending key that the gate (or its download) refused
 
 
 def _iso(t: dt.datetime) -> str:

@@ -1,4 +1,5 @@
-"""Passwords kept in Vault: the MZP account's and the SMTP accounts' (a partner's submission, notifications)."""
+"""Passwords kept in Vault: the MZP account's, the SMTP accounts' (a partner's submission, notifications) and
+the reply mailboxes'."""
 from __future__ import annotations
 
 import datetime as dt
@@ -42,6 +43,18 @@ class Passwords:
             return False
         put(Password(password=password, updated_at=iso(now)), found.version if found else 0)
         return True
+
+    def set_mailbox(self, mzp: str, password: str, now: dt.datetime) -> bool:
+        """Store the password of a partner's reply mailbox (IMAP)."""
+        self.inventory.partner(mzp)
+        check_password(password, mzp)
+        self.store.check_mount()
+        return self._set(self.store.mailbox(mzp), password, now,
+                         lambda rec, cas: self.store.put_mailbox(mzp, rec, cas))
+
+    def mailbox(self, mzp: str) -> str | None:
+        found = self.store.mailbox(mzp)
+        return found.record.password if found and found.record.password else None
 
     def smtp(self, mzp: str | None) -> str | None:
         found = self.store.smtp(mzp)

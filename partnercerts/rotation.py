@@ -64,6 +64,7 @@ class Report:
     held: Held | None = None                            # set when another run holds the lock
     lock_token: str = ""
     took_over: str = ""                                 # holder of a dead run's lock this run took over
+    replies: list = field(default_factory=list)         # replies.MailboxRun: the reply mailboxes read first
 
     @property
     def todo(self) -> list[Step]:
@@ -115,6 +116,9 @@ def start(tk: Toolkit, now: dt.datetime, *, mzp: str | None = None, app: str | N
             return report
         report.lock_token = lock.token
         report.took_over = lock.took_over
+    if tk.replies.configured(mzp):
+        report.replies = tk.replies.run(now, mzp=mzp, dry_run=dry_run)
+        absorb_replies(report, report.replies, now)
     report.steps = tk.planner.plan(now, mzp, app)
     if dry_run:
         report.deploy = [_key(s) for s in report.steps if s in report.todo or (deploy and s.hosts_behind)]
@@ -206,6 +210,27 @@ def _state_events(tk: Toolkit, rows: list[Row], now: dt.datetime) -> list:
     return out
 
 
+def absorb_replies(report: Report, runs: list, now: dt.datetime) -> None:
+    """What reading the reply mailboxes did, as the run's changes, failures and events."""
+    from .replies import Outcome
+    for run in runs:
+        if run.failure is not None:
+            report.failed.append(Failure(f"{run.mzp} (reply mailbox)", run.failure))
+        for handled in run.handled:
+            line = handled.line(run.server)
+            details = {"mailbox": run.server, "uid": handled.uid, "reply_subject": handled.subject,
+                       "reply_date": handled.date, "reason": handled.detail}
+            if handled.outcome is Outcome.IMPORTED and handled.imported is not None:
+                if handled.key not in report.changed:
+                    report.changed.append(handled.key)
+                report.events.append(imported_event(handled.imported, line, now))
+            elif handled.outcome is Outcome.REFUSED:
+                report.events.append(event("reply_refused", handled.mzp or run.mzp, handled.app, line, now,
+                                           **details))
+            elif handled.outcome in (Outcome.UNMATCHED, Outcome.UNREADABLE):
+                report.events.append(event("reply_unmatched", run.mzp, "", line, now, **details))
+
+
 def imported_event(result, line: str, now: dt.datetime):
     """The certificate_imported event of an import, with what the authority changed in the subject."""
     details: dict = {"serial": result.serial, "not_after": result.not_after}
@@ -248,7 +273,8 @@ def write_metrics(tk: Toolkit, rows: list[Row], now: dt.datetime, log, path: str
     from .metrics import render, write_textfile
     last_run, last_success = last_runs(tk)
     try:
-        write_textfile(target, render(rows, now=now, last_run=last_run, last_success=last_success))
+        write_textfile(target, render(rows, now=now, last_run=last_run, last_success=last_success,
+                                      replies_left=tk.replies.left()))
     except (Error, OSError) as exc:
         log(f"warning: metrics: {exc}")
         return None

@@ -23,26 +23,34 @@ def resolve(settings: Settings, *, cert: str | None = None, url: str | None = No
     if sum(x is not None for x in (cert, url, eml)) != 1:
         raise UserError("give exactly one of --cert FILE, --url LINK or --eml FILE")
     limit = settings.max_input_bytes
-
-    def download(link: str) -> Source:
-        data = reply.fetch(link, max_bytes=limit, allowed_hosts=list(settings.download_hosts),
-                           cafile=settings.download_cafile)
-        return Source(data, reply.shown_url(link))
-
     ca_source = Source(certs.read_file(ca, limit), ca) if ca else None
     if cert:
         return Resolved(Source(certs.read_file(cert, limit), cert), ca_source, client_id)
     if url:
-        return Resolved(download(url), ca_source, client_id)
+        return Resolved(download(settings, url), ca_source, client_id)
     assert eml is not None
     found = reply.parse_eml(certs.read_file(eml, settings.max_eml_bytes), max_bytes=settings.max_eml_bytes, source=eml)
+    return from_reply(settings, found, eml, ca_source, client_id)
+
+
+def from_reply(settings: Settings, found, name: str, ca_source: Source | None = None,
+               client_id: str | None = None) -> Resolved:
+    """The certificate, CA and Client ID of a parsed reply (`reply.Reply`), downloading what it links to."""
     if found.cert is not None:
-        got = Source(found.cert, f"{eml} (attachment)")
+        got = Source(found.cert, f"{name} (attachment)")
     else:
         assert found.cert_url is not None  # parse_eml refuses a reply with neither
-        got = download(found.cert_url)
+        got = download(settings, found.cert_url)
     if ca_source is None and found.ca is not None:
-        ca_source = Source(found.ca, f"{eml} (CA attachment)")
+        ca_source = Source(found.ca, f"{name} (CA attachment)")
     elif ca_source is None and found.ca_url:
-        ca_source = download(found.ca_url)
+        ca_source = download(settings, found.ca_url)
     return Resolved(got, ca_source, client_id or found.client_id, list(found.problems))
+
+
+def download(settings: Settings, link: str) -> Source:
+    """A link of the authority's reply: HTTPS only, allowed hosts, bounded size (`reply.fetch`)."""
+    from . import reply
+    data = reply.fetch(link, max_bytes=settings.max_input_bytes, allowed_hosts=list(settings.download_hosts),
+                       cafile=settings.download_cafile)
+    return Source(data, reply.shown_url(link))

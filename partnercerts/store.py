@@ -12,6 +12,9 @@ Layout under the KV v2 mount (default `secret`) and prefix (default `partnercert
     <prefix>/<mzp>/apps/<app>/hosts               Hosts: per host, what it serves and whether that
                                                   is in sync with current (no secrets)
     <prefix>/<mzp>/smtp                           Password: the partner's SMTP submission account
+    <prefix>/<mzp>/mailbox                        Password: the partner's reply mailbox (IMAP)
+    <prefix>/<mzp>/mailbox-state                  MailboxState: per folder, UIDVALIDITY and the last UID
+                                                  settled (no secrets)
     <prefix>/sandbox/authority                    AuthorityKey: the sandbox authority's CA
     <prefix>/notify/smtp                          Password: the notification e-mail account
     <prefix>/locks/rotate                         LockRecord: holder, token, expiry (no secrets)
@@ -181,6 +184,16 @@ class Issued(_Record):
             if not data[name]:
                 data.pop(name)
         return data
+
+
+@dataclass
+class MailboxState(_Record):
+    """What the reply mailbox's last run settled: per folder {"uidvalidity": n, "last_uid": n}. A changed
+    UIDVALIDITY means the folder was rebuilt: it is read again from the start, never skipped."""
+
+    folders: dict = field(default_factory=dict)
+    checked_at: str = ""
+    left: dict = field(default_factory=dict)   # messages left in place by the last read, by reason (for a metric)
 
 
 @dataclass
@@ -437,6 +450,12 @@ class Store(KV):
     def smtp_path(self, mzp: str | None = None) -> str:
         return f"{self.prefix}/{mzp}/smtp" if mzp else f"{self.prefix}/notify/smtp"
 
+    def mailbox_path(self, mzp: str) -> str:
+        return f"{self.prefix}/{mzp}/mailbox"
+
+    def mailbox_state_path(self, mzp: str) -> str:
+        return f"{self.prefix}/{mzp}/mailbox-state"
+
     def lock_path(self, name: str = "rotate") -> str:
         return f"{self.prefix}/locks/{name}"
 
@@ -505,6 +524,18 @@ class Store(KV):
 
     def put_smtp(self, mzp: str | None, record: Password, cas: int) -> int:
         return self._put(self.smtp_path(mzp), record, cas)
+
+    def mailbox(self, mzp: str) -> Versioned[Password] | None:
+        return self._get(self.mailbox_path(mzp), Password)
+
+    def put_mailbox(self, mzp: str, record: Password, cas: int) -> int:
+        return self._put(self.mailbox_path(mzp), record, cas)
+
+    def mailbox_state(self, mzp: str) -> Versioned[MailboxState] | None:
+        return self._get(self.mailbox_state_path(mzp), MailboxState)
+
+    def put_mailbox_state(self, mzp: str, record: MailboxState, cas: int) -> int:
+        return self._put(self.mailbox_state_path(mzp), record, cas)
 
     def authority(self) -> Versioned[AuthorityKey] | None:
         return self._get(self.sandbox_path(), AuthorityKey)

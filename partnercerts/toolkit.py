@@ -8,7 +8,8 @@ Edges (Invoke tasks, Ansible plugins) build a `Toolkit` and call its services:
     planner     Planner      status rows and the rotation plan (planner.py)
     hosts       HostReports  what each host serves (hostreports.py)
     index       Indexer      the index in custom metadata (indexer.py)
-    passwords   Passwords    MZP and SMTP passwords (passwords.py)
+    passwords   Passwords    MZP, SMTP and mailbox passwords (passwords.py)
+    replies     Replies      the authority's replies from the reply mailboxes (replies.py, imap.py)
 
 A rotation run (`rotation.start`/`finish`) composes them.
 """
@@ -21,6 +22,7 @@ from .inventory import Inventory
 from .passwords import Passwords
 from .pending import PendingKeys
 from .planner import Planner
+from .replies import Replies
 from .settings import Settings
 from .store import Store
 from .submitter import Submitter
@@ -38,6 +40,7 @@ class Toolkit:
         self.submitter = Submitter(settings, inventory, store, self.index, self.importer, self.passwords)
         self.planner = Planner(inventory, store, self.index, self.pending)
         self.hosts = HostReports(store, self.index)
+        self.replies = Replies(settings, inventory, store, self.importer, self.passwords)
 
     @classmethod
     def open(cls, settings: Settings | None = None, env: dict | None = None) -> "Toolkit":

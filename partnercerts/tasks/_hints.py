@@ -17,5 +17,6 @@ HINTS: Hints = {
     Remedy.DEPLOY: "deploy it with scripts/inv deploy --only {mzp}/{app}",
     Remedy.STATUS: "scripts/inv status shows every credential",
     Remedy.SANDBOX_DOWN: "run scripts/inv sandbox.down first",
+    Remedy.STORE_MAILBOX_PASSWORD: "run scripts/inv mailbox-password --mzp {mzp}",
     Remedy.ACCEPT_SUBJECT_CHANGE: "if the authority confirms the change, import it again with --accept-subject-change",
 }

@@ -157,6 +157,7 @@ def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
         return
     if report.took_over:
         print(f"took over the rotation lock of a run that died on this machine: {report.took_over}")
+    print_replies(report.replies, dry_run)
     width = max([len(f"{s.mzp}/{s.app}") for s in report.steps] + [10])
     print("plan:")
     for s in report.steps:
@@ -228,4 +229,64 @@ def metrics(c, textfile=None):
         info(f"metrics written to {target}")
         return
     last_run, last_success = rotation.last_runs(tk)
-    sys.stdout.write(render(rows, now=when, last_run=last_run, last_success=last_success))
+    sys.stdout.write(render(rows, now=when, last_run=last_run, last_success=last_success,
+                            replies_left=tk.replies.left()))
+
+
+def print_replies(runs, dry_run: bool) -> None:
+    """One line per message of the reply mailboxes read, and per mailbox that could not be read."""
+    for run in runs:
+        rescan = " (its UIDVALIDITY changed: read again from the start)" if run.rescanned else ""
+        print(f"replies in {run.server}{rescan}:" if run.handled else f"replies in {run.server}: no new message"
+              + rescan)
+        for handled in run.handled:
+            print(f"  {handled.line(run.server)}")
+        if run.failure is not None:
+            print(f"  FAILED {run.server}: {run.failure.worded(HINTS)}", file=sys.stderr)
+    if dry_run and any(run.handled for run in runs):
+        print("dry run: no message was imported, moved or flagged")
+
+
+@task(help={"mzp": "only this partner's reply mailbox",
+            "dry-run": "say what each message is and what would be done; import, move and flag nothing"})
+@reports_errors
+def replies(c, mzp=None, dry_run=False):
+    """Read the authority's replies from the reply mailboxes; import what is for a pending key, through the gate."""
+    from .. import rotation
+    from ..lock import Lock, whoami
+    tk = toolkit()
+    when = now()
+    lock = Lock(tk.store)
+    if not dry_run:
+        held = lock.acquire(whoami("scripts/inv replies"), when)
+        if held:
+            print(f"a rotation holds the lock: {held.holder}, since {held.acquired_at}; nothing done")
+            return
+    try:
+        runs = tk.replies.run(when, mzp=mzp, dry_run=dry_run)
+        print_replies(runs, dry_run)
+        if not dry_run:
+            report = rotation.Report()
+            rotation.absorb_replies(report, runs, when)
+            rotation.notify(tk, report.events, info)
+            if report.changed:
+                rotation.write_metrics(tk, tk.planner.rows(when), when, info)
+            for key in report.changed:
+                mzp_, app_ = key.split("/")
+                print(hinted("", Remedy.DEPLOY, mzp=mzp_, app=app_) + " (or let the next scheduled rotate do it)")
+    finally:
+        if not dry_run:
+            lock.release(when)
+    failed = [r for r in runs if r.failure is not None]
+    if failed:
+        raise Exit(f"error: could not read {', '.join(r.server for r in failed)} (see above)", code=4)
+
+
+@task(name="mailbox-password", help={"mzp": MZP_HELP})
+@reports_errors
+def mailbox_password(c, mzp):
+    """Store the password of a partner's reply mailbox in Vault, read from a prompt or from stdin."""
+    tk = toolkit()
+    password = _read_password(f"password of the reply mailbox of {mzp}: ")
+    changed = tk.passwords.set_mailbox(mzp, password, now())
+    info(f"{mzp}: reply mailbox password {'stored in Vault' if changed else 'unchanged (Vault already had it)'}")

@@ -103,6 +103,13 @@ applied:
   returned: with state=start, unless another run holds the lock
   type: list
   elements: str
+replies:
+  description: >-
+    One line per message of the partners' reply mailboxes read before planning: what it is and what was
+    done (imported, already current, left in place as unmatched or refused, and why).
+  returned: with state=start, unless another run holds the lock
+  type: list
+  elements: str
 failed_credentials:
   description: "Credentials whose step failed, each C(MZP/app: why); the task fails when it is not empty."
   returned: with state=start, unless another run holds the lock

@@ -44,6 +44,7 @@ HINTS = {} if IMPORT_ERROR is not None else {
     Remedy.IMPORT_REPLY: "import the reply (partnercerts import-cert --mzp {mzp} --app {app} --eml REPLY.eml)",
     Remedy.DEPLOY: "run the deploy playbook",
     Remedy.STATUS: "partnercerts status shows every credential",
+    Remedy.STORE_MAILBOX_PASSWORD: "store it in Vault (partnercerts mailbox-password --mzp {mzp})",
     Remedy.ACCEPT_SUBJECT_CHANGE: "if the authority confirms the change, import it by hand with "
                                   "partnercerts import-cert ... --accept-subject-change",
 }
@@ -141,6 +142,7 @@ def rotation_start(mzp, app, dry_run, owner_pid):
     out = dict(changed=bool(report.changed), run=_dump(report), deploy=report.deploy,
                plan=["%s/%s: %s (%s)" % (s.mzp, s.app, s.action.value, s.reason) for s in report.steps],
                applied=["%s: %s" % (a.key, a.describe()) for a in report.applied],
+               replies=[h.line(r.server) for r in report.replies for h in r.handled],
                failed_credentials=["%s: %s" % (f.key, f.error.worded(HINTS)) for f in report.failed])
     failed = out["failed_credentials"]
     return out, ("rotation failed for " + "; ".join(failed)) if failed else None
