@@ -65,6 +65,11 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
         index.pending_since = pend.created_at
         index.pending_submitted_at = pend.submitted_at
         index.pending_submission = pend.submission
+        index.pending_message_id = bounded(pend.message_id) if pend.submitted_at else ""
+        index.pending_times_sent = str(len(pend.sent)) if pend.sent else ""
+        if pend.attention:
+            index.pending_attention = bounded(f"{pend.attention.get('date') or '?'}: "
+                                              f"{pend.attention.get('subject') or '(no subject)'}")
         index.key_spec = index.key_spec or pend.key_spec
     if hosts is not None:
         index.hosts_total = str(len(hosts.hosts))

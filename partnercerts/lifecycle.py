@@ -11,6 +11,7 @@ from .store import Index
 class State(str, enum.Enum):
     NONE = "none"
     PENDING = "pending"
+    NEEDS_ATTENTION = "needs_attention"  # pending, and the authority answered without a certificate
     ACTIVE = "active"
     EXPIRING = "expiring"
     EXPIRED = "expired"
@@ -67,7 +68,7 @@ def state_of(index: Index | None, now: dt.datetime, renew_before_days: int) -> S
     if na is not None and now >= na:
         return State.EXPIRED
     if index.pending_since:
-        return State.PENDING
+        return State.NEEDS_ATTENTION if index.pending_attention else State.PENDING
     if na is None:
         return State.NONE
     return State.EXPIRING if renewal_decision(now, nb, na, renew_before_days).due else State.ACTIVE
@@ -96,6 +97,9 @@ def plan_one(mzp: str, app: str, index: Index | None, now: dt.datetime, renew_be
         age = (now - since).days if since else 0
         if not index.pending_submitted_at:
             return Step(mzp, app, Action.SUBMIT, f"CSR made {age} days ago was never submitted", hosts_behind(index))
+        if index.pending_attention:
+            return Step(mzp, app, Action.WAIT, f"CSR submitted {age} days ago; the authority answered without a "
+                        f"certificate ({index.pending_attention}): a human must act", hosts_behind(index))
         return Step(mzp, app, Action.WAIT, f"CSR submitted {age} days ago, waiting for the authority",
                     hosts_behind(index))
     nb = index.not_before_dt() if index else None

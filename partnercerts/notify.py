@@ -54,6 +54,7 @@ class Kind(str, enum.Enum):
     EXPIRED = "expired"
     REPLY_UNMATCHED = "reply_unmatched"        # a message in the reply mailbox matches no pending credential
     REPLY_REFUSED = "reply_refused"            # a reply for a pending key that the gate (or its download) refused
+    NEEDS_ATTENTION = "needs_attention"        # the authority answered our CSR without a certificate
 
 
 def _iso(t: dt.datetime) -> str:

@@ -40,6 +40,9 @@ class Row:
     turnaround_median_days: float | None = None
     subject_notes: list[str] = field(default_factory=list)  # what the authority changed in the current subject
     subject_accepted_by: str = ""    # who accepted an identity change in it
+    pending_attention: str = ""      # the authority answered the pending CSR without a certificate
+    pending_message_id: str = ""
+    pending_times_sent: int | None = None
     notes: list[Note] = field(default_factory=list, compare=False)
 
     @property
@@ -53,7 +56,9 @@ class Row:
                 "hosts_total": self.hosts_total, "pending_submitted_at": self.pending_submitted_at or None,
                 "pending_age_days": self.pending_age_days, "turnaround_median_days": self.turnaround_median_days,
                 "subject_notes": list(self.subject_notes),
-                "subject_change_accepted_by": self.subject_accepted_by or None}
+                "subject_change_accepted_by": self.subject_accepted_by or None,
+                "pending_attention": self.pending_attention or None,
+                "pending_message_id": self.pending_message_id or None, "pending_times_sent": self.pending_times_sent}
 
 
 def median_days(turnarounds: str) -> float | None:
@@ -82,6 +87,10 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
     if age is not None and age >= partner.pending_reminder_days:
         notes.append(Note(f"CSR pending for {age} days (reminder after {partner.pending_reminder_days}); "
                           "chase the authority, then import the reply", Remedy.IMPORT_REPLY, mzp, app))
+    if index.pending_since and index.pending_attention:
+        notes.append(Note(f"the authority answered the CSR without a certificate ({index.pending_attention}); "
+                          "read its reply, then import the certificate, resend the CSR or make a new one",
+                          Remedy.IMPORT_REPLY, mzp, app))
     if index.subject_accepted_by:
         notes.append(Note(f"serial {index.serial}: an identity change in its subject was accepted by "
                           f"{index.subject_accepted_by}"))
@@ -92,7 +101,11 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
     return Row(mzp, app, index.client_id, state_of(index, now, partner.renew_before_days).value, index.serial,
                index.not_after, days_left(now, index.not_after_dt()), index.pending_since,
                int(index.hosts_in_sync or 0) if synced else None, int(index.hosts_total) if synced else None,
-               index.pending_submitted_at, age, turnaround, subject_notes, index.subject_accepted_by, notes)
+               index.pending_submitted_at, age, turnaround, subject_notes, index.subject_accepted_by,
+               index.pending_attention if index.pending_since else "",
+               index.pending_message_id if index.pending_since else "",
+               int(index.pending_times_sent) if index.pending_since and index.pending_times_sent.isdigit() else None,
+               notes)
 
 
 class Planner:

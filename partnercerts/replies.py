@@ -30,7 +30,7 @@ from .settings import Settings
 from .store import MailboxState, Store, iso
 
 KEYWORDS = {"unmatched": "$PartnercertsUnmatched", "refused": "$PartnercertsRefused",
-            "unreadable": "$PartnercertsUnreadable"}
+            "unreadable": "$PartnercertsUnreadable", "needs_attention": "$PartnercertsAttention"}
 
 
 class Outcome(str, enum.Enum):
@@ -40,6 +40,7 @@ class Outcome(str, enum.Enum):
     UNMATCHED = "unmatched"              # no certificate, or one for none of the pending keys: left, flagged
     REFUSED = "refused"                  # for a pending key, but the gate (or a download) refused it
     UNREADABLE = "unreadable"            # could not be fetched or parsed as an e-mail
+    NEEDS_ATTENTION = "needs_attention"  # answers our CSR e-mail without a certificate: left, a human acts
 
     @property
     def settled(self) -> bool:
@@ -71,7 +72,9 @@ class Handled:
                 f"already current for {self.key}, moved", Outcome.WOULD_IMPORT: f"would import for {self.key}",
                 Outcome.UNMATCHED: "matches no pending credential, left in place",
                 Outcome.REFUSED: f"refused for {self.key}, left in place",
-                Outcome.UNREADABLE: "cannot be read, left in place"}[self.outcome]
+                Outcome.UNREADABLE: "cannot be read, left in place",
+                Outcome.NEEDS_ATTENTION: f"the authority answered {self.key} without a certificate, left in place "
+                                         "(needs attention)"}[self.outcome]
         hints = f" [{'; '.join(self.hints)}]" if self.hints else ""
         return f"{server} UID {self.uid} ({about}): {what}: {self.detail}{hints}"
 
@@ -143,6 +146,8 @@ class Replies:
                 run.handled.append(handled)
                 if not dry_run:
                     self._settle(box, cfg.processed_folder, handled)
+                    if handled.outcome is Outcome.NEEDS_ATTENTION:
+                        self._attention(handled, now)
                 high = max(high, uid)
         if not dry_run:
             folders[cfg.folder] = {"uidvalidity": listing.uidvalidity, "last_uid": high}
@@ -161,6 +166,17 @@ class Replies:
                 continue
             out[partner.mzp] = {r: int((state.record.left if state else {}).get(r, 0)) for r in KEYWORDS}
         return out
+
+    def _attention(self, handled: Handled, now: dt.datetime) -> None:
+        """Keep the authority's answer on the pending record (the key stays): status and the plan show it."""
+        from dataclasses import replace
+        pend = self.store.live_pending(handled.mzp, handled.app)
+        if pend is None or pend.record.attention.get("message_id") == handled.message_id and handled.message_id:
+            return
+        note = {"subject": handled.subject[:200], "date": handled.date, "message_id": handled.message_id,
+                "seen_at": iso(now)}
+        self.store.put_pending(handled.mzp, handled.app, replace(pend.record, attention=note), cas=pend.version)
+        self.importer.index.reindex(handled.mzp, handled.app, now)
 
     @staticmethod
     def _settle(box, processed: str, handled: Handled) -> None:
@@ -189,6 +205,10 @@ class Replies:
             found = reply.parse_eml(raw, max_bytes=limit, source=name)
         except UserError as exc:
             got.detail = str(exc).removeprefix(f"{name}: ")
+            ours = self._answers(msg, partner, pendings)
+            if ours is not None:  # a question, a refusal: not proof of anything, but a human must read it
+                got.outcome, got.mzp, got.app = Outcome.NEEDS_ATTENTION, partner.mzp, ours
+                got.detail = "no certificate in a reply to our CSR e-mail; read it, then import, resend or re-key"
             return got
         try:
             resolved = sources.from_reply(self.settings, found, name)
@@ -232,6 +252,15 @@ class Replies:
             got.detail = (f"serial {result.serial}, valid until {result.not_after}, Client ID {result.client_id}"
                           + (f"; warning: {'; '.join(result.warnings)}" if result.warnings else ""))
         return got
+
+    @staticmethod
+    def _answers(msg, partner: Partner, pendings: dict) -> str | None:
+        """The application whose CSR e-mail (its recorded Message-ID) this message replies to, if any."""
+        refs = _header(msg, "In-Reply-To") + " " + _header(msg, "References")
+        for app, pend in pendings.items():
+            if pend and pend.record.message_id and pend.record.message_id in refs:
+                return app
+        return None
 
     @staticmethod
     def _hints(partner: Partner, msg, raw: bytes, pendings: dict) -> list[str]:

@@ -227,6 +227,8 @@ def absorb_replies(report: Report, runs: list, now: dt.datetime) -> None:
             elif handled.outcome is Outcome.REFUSED:
                 report.events.append(event("reply_refused", handled.mzp or run.mzp, handled.app, line, now,
                                            **details))
+            elif handled.outcome is Outcome.NEEDS_ATTENTION:
+                report.events.append(event("needs_attention", handled.mzp, handled.app, line, now, **details))
             elif handled.outcome in (Outcome.UNMATCHED, Outcome.UNREADABLE):
                 report.events.append(event("reply_unmatched", run.mzp, "", line, now, **details))
 

@@ -120,6 +120,9 @@ class Pending(_Record):
     sent: list = field(default_factory=list)      # [Sent], oldest first
     serial: str = ""                              # tombstone: the certificate it became
     consumed_at: str = ""
+    # The authority answered our CSR e-mail without a certificate (a question, a refusal): the subject,
+    # date and Message-ID of its reply, and when it was seen. Cleared by a resend; a human acts on it.
+    attention: dict = field(default_factory=dict)
     _lists: ClassVar[tuple[str, ...]] = ("sent",)
 
     @property
@@ -137,7 +140,7 @@ class Pending(_Record):
         data["sent"] = [s.to_data() for s in self.sent]
         if not self.live:  # a tombstone keeps no key
             return {k: data[k] for k in ("state", "serial", "key_sha256", "consumed_at")}
-        for name in ("serial", "consumed_at", "message_id", "submitting_at"):
+        for name in ("serial", "consumed_at", "message_id", "submitting_at", "attention"):
             if not data.get(name):
                 data.pop(name, None)
         if not data["sent"]:
@@ -300,6 +303,9 @@ class Index:
     pending_since: str = ""
     pending_submitted_at: str = ""
     pending_submission: str = ""
+    pending_attention: str = ""       # the authority's answer without a certificate: date and subject, bounded
+    pending_message_id: str = ""      # the Message-ID the CSR was last sent with
+    pending_times_sent: str = ""      # how many times it was sent (1, then each --resend)
     current_version: str = "0"
     turnarounds: str = ""  # seconds from submission to import of the last imports, comma-separated, newest last
     hosts_total: str = ""

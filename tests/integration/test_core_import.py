@@ -49,7 +49,8 @@ def test_readme_flow_own_ca_import_status_and_history(cli, raw, own_ca, tmp_path
     fleet = next(x for x in rows if x["app"] == "fleet")
     assert set(fleet) == {"mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since",
                           "hosts_in_sync", "hosts_total", "pending_submitted_at", "pending_age_days",
-                          "turnaround_median_days", "subject_notes", "subject_change_accepted_by"}
+                          "turnaround_median_days", "subject_notes", "subject_change_accepted_by",
+                          "pending_attention", "pending_message_id", "pending_times_sent"}
     # `openssl x509 -req` signs the subject verbatim: nothing to warn about.
     assert fleet["subject_notes"] == [] and fleet["subject_change_accepted_by"] is None
     assert "changed the subject" not in r.err

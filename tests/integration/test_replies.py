@@ -241,3 +241,43 @@ def test_the_metric_counts_what_was_left_in_the_mailbox(cli, box, authority, tmp
     assert 'partnercerts_replies_left{mzp="MZP654321",reason="unmatched"} 1' in text
     assert 'partnercerts_replies_left{mzp="MZP654321",reason="refused"} 0' in text
     assert "# TYPE partnercerts_replies_left gauge" in text
+
+
+def test_an_answer_without_certificate_needs_attention_until_a_human_resends(cli, raw, box, inventory, tmp_path):
+    """A question or a refusal in reply to our CSR e-mail: the credential needs attention, the key is kept."""
+    server, user = box
+    url, received, stop = webhook_server()
+    try:
+        set_global(inventory, partnercerts_notify={"webhook": {"url": url}})
+        set_partner(inventory, submission={"method": "outbox", "dir": str(tmp_path / "outbox"),
+                                           "to": "pki@mpsa.example"},
+                    applications=[{"name": "fleet"}], reply_mailbox=mailbox_setting(inventory))
+        cli("rotate", "--no-deploy")
+        pend = raw.read(f"{CRED}/pending")["data"]
+        msg = EmailMessage()
+        msg["From"] = "Stellantis PKI <pki@stellantis.example>"
+        msg["Subject"] = "Re: CSR MZP654321 fleet - MZP inconnu"
+        msg["Date"] = "Fri, 20 Nov 2026 09:30:00 +0000"
+        msg["In-Reply-To"] = pend["message_id"]
+        msg.set_content("Bonjour, ce MZP est inconnu de nos services. Cordialement")
+        server.deliver(user, msg.as_bytes())
+        r = cli("rotate", "--no-deploy")
+        assert "the authority answered MZP654321/fleet without a certificate, left in place (needs attention)" \
+            in r.out, r.text
+        assert f"replies to our CSR e-mail {pend['message_id']} for MZP654321/fleet" in r.out
+        row = json.loads(cli("status", "--json").out)[0]
+        assert row["state"] == "needs_attention"
+        assert row["pending_attention"] == "Fri, 20 Nov 2026 09:30:00 +0000: Re: CSR MZP654321 fleet - MZP inconnu"
+        assert row["pending_message_id"] == pend["message_id"] and row["pending_times_sent"] == 1
+        assert "the authority answered the CSR without a certificate" in cli("status").err
+        after = raw.read(f"{CRED}/pending")["data"]
+        assert after["key_pem"] == pend["key_pem"] and after["attention"]["message_id"] == msg["Message-ID"] or \
+            after["attention"]["subject"] == "Re: CSR MZP654321 fleet - MZP inconnu"
+        assert "$PartnercertsAttention" in server.flags(user, "INBOX")[1]
+        assert "needs_attention" in [e["kind"] for batch in received for e in batch["events"]]
+        # A human settles it with the authority and sends the CSR again: back to waiting.
+        cli("submit", "--resend")
+        row = json.loads(cli("status", "--json").out)[0]
+        assert row["state"] == "pending" and row["pending_attention"] is None and row["pending_times_sent"] == 2
+    finally:
+        stop()
