@@ -37,7 +37,7 @@ DETAIL_FIELDS = frozenset({
     "submitted_at", "submission", "message_id", "turnaround_median_days",
     "hosts", "hosts_in_sync", "hosts_total", "failed_hosts", "error",
     "subject_notes", "subject_change", "subject_change_accepted_by",
-    "mailbox", "uid", "reply_subject", "reply_date",
+    "mailbox", "uid", "reply_subject", "reply_date", "by", "revoke_serial",
 })
 SECRET_MARKERS = ("-----BEGIN", "PRIVATE KEY")
 MAX_TEXT = 1000
@@ -55,6 +55,7 @@ class Kind(str, enum.Enum):
     REPLY_UNMATCHED = "reply_unmatched"        # a message in the reply mailbox matches no pending credential
     REPLY_REFUSED = "reply_refused"            # a reply for a pending key that the gate (or its download) refused
     NEEDS_ATTENTION = "needs_attention"        # the authority answered our CSR without a certificate
+    REKEY = "rekey"                            # an emergency re-key: a new key, the old certificate to revoke
 
 
 def _iso(t: dt.datetime) -> str:

@@ -123,6 +123,9 @@ class Pending(_Record):
     # The authority answered our CSR e-mail without a certificate (a question, a refusal): the subject,
     # date and Message-ID of its reply, and when it was seen. Cleared by a resend; a human acts on it.
     attention: dict = field(default_factory=dict)
+    # An emergency re-key: {"reason", "by", "at", "revoke_serial"}; the CSR goes out marked urgent, asking the
+    # authority to revoke the certificate of the old key.
+    rekey: dict = field(default_factory=dict)
     _lists: ClassVar[tuple[str, ...]] = ("sent",)
 
     @property
@@ -140,7 +143,7 @@ class Pending(_Record):
         data["sent"] = [s.to_data() for s in self.sent]
         if not self.live:  # a tombstone keeps no key
             return {k: data[k] for k in ("state", "serial", "key_sha256", "consumed_at")}
-        for name in ("serial", "consumed_at", "message_id", "submitting_at", "attention"):
+        for name in ("serial", "consumed_at", "message_id", "submitting_at", "attention", "rekey"):
             if not data.get(name):
                 data.pop(name, None)
         if not data["sent"]:

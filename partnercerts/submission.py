@@ -18,18 +18,27 @@ def new_message_id(partner: Partner) -> str:
 
 
 def build(partner: Partner, app: str, *, csr_pem: str, key_sha256: str, key_spec: str, message_id: str,
-          now: dt.datetime) -> EmailMessage:
-    """The request as the authority's contact expects it: CSR attached, subject and key fingerprint in the body."""
+          now: dt.datetime, rekey: dict | None = None) -> EmailMessage:
+    """The request as the authority's contact expects it: CSR attached, subject and key fingerprint in the body.
+    With `rekey` (an emergency re-key): marked urgent, and asking to revoke the old key's certificate by serial."""
     s = partner.subject
     msg = EmailMessage()
     msg["From"] = partner.submission.sender or s.email
     msg["To"] = partner.submission.to
     msg["Reply-To"] = s.email
-    msg["Subject"] = f"Certificate request for {s.mzp}, application {app}"
+    msg["Subject"] = (f"URGENT: key replacement for {s.mzp}, application {app}" if rekey else
+                      f"Certificate request for {s.mzp}, application {app}")
+    if rekey:
+        msg["Importance"] = "high"
+        msg["X-Priority"] = "1"
     msg["Date"] = email.utils.format_datetime(now)
     msg["Message-ID"] = message_id
+    urgent = (
+        f"URGENT: this request replaces the key of the current certificate, serial {rekey.get('revoke_serial')} "
+        f"(reason: {rekey.get('reason')}). Please issue the new certificate as soon as possible, and revoke "
+        f"certificate serial {rekey.get('revoke_serial')} once it is issued.\n\n") if rekey else ""
     msg.set_content(
-        "Hello,\n\n"
+        "Hello,\n\n" + urgent +
         f"Please find attached the certificate signing request of partner {s.mzp} for its application "
         f"'{app}' on the B2B connected-car API.\n\n"
         f"  C (country)            {s.country}\n"

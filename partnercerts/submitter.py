@@ -90,7 +90,7 @@ class Submitter:
             rec = replace(rec, message_id=message_id, submitting_at=iso(now), attention={})
             version = self.store.put_pending(mzp, app, rec, cas=version)
         msg = submission.build(partner, app, csr_pem=rec.csr_pem, key_sha256=rec.key_sha256, key_spec=rec.key_spec,
-                               message_id=message_id, now=now)
+                               message_id=message_id, now=now, rekey=rec.rekey or None)
         delivery = transport.deliver(Request(partner, app, rec, now, message_id, msg))
         rec = replace(rec, submitted_at=rec.submitted_at or iso(now), submission=transport.method,
                       sent=[*rec.sent, Sent(at=iso(now), message_id=message_id, method=transport.method)])

@@ -290,3 +290,22 @@ def mailbox_password(c, mzp):
     password = _read_password(f"password of the reply mailbox of {mzp}: ")
     changed = tk.passwords.set_mailbox(mzp, password, now())
     info(f"{mzp}: reply mailbox password {'stored in Vault' if changed else 'unchanged (Vault already had it)'}")
+
+
+@task(help={"mzp": MZP_HELP, "app": APP_HELP,
+            "reason": "why the key is replaced (kept in Vault, sent to the authority and notified)"})
+@reports_errors
+def rekey(c, mzp, app, reason=None):
+    """Emergency re-key: a new key and CSR now, submitted urgent with a request to revoke the old certificate."""
+    from .. import rotation
+    from ..rekey import rekey as do_rekey
+    tk = toolkit()
+    when = now()
+    done = do_rekey(tk, mzp, app, reason or "", when)
+    line = (f"{mzp}/{app}: re-keyed by {done.by} ({done.reason}): new key SHA-256 {done.made.key_sha256}; "
+            f"{done.submitted.describe()}; the authority is asked to revoke serial {done.revoke_serial}")
+    print(line)
+    print(f"{mzp}/{app}: serial {done.revoke_serial} stays current and deployed until the new certificate is "
+          "imported")
+    rotation.notify(tk, [rotation.event("rekey", mzp, app, line, when, reason=done.reason, by=done.by,
+                                        revoke_serial=done.revoke_serial)], info)

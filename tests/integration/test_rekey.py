@@ -1,0 +1,70 @@
+"""`rekey`: an emergency key replacement, end to end against a real OpenBao (and the outbox as the channel)."""
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import json
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.integration.test_core_csr import CRED, csr_pem
+from tests.integration.test_rotation_prod import set_global, set_partner, webhook_server
+from tests.pki import CA
+
+MZP = "MZP654321"
+
+
+def test_rekey_makes_a_new_key_now_submits_it_urgent_and_keeps_the_old_certificate(cli, raw, inventory, tmp_path):
+    outbox = tmp_path / "outbox"
+    url, received, stop = webhook_server()
+    try:
+        set_partner(inventory, submission={"method": "outbox", "dir": str(outbox), "to": "pki@mpsa.example"},
+                    applications=[{"name": "fleet"}])
+        set_global(inventory, partnercerts_notify={"webhook": {"url": url}})
+        ca = CA("Rekey Test CA", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
+        request = x509.load_pem_x509_csr(csr_pem(cli("csr", "--mzp", MZP, "--app", "fleet").out).encode())
+        leaf = ca.issue(request.public_key(), request.subject, now=dt.datetime.now(dt.timezone.utc))
+        (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / "ca.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+        cli("import-cert", "--mzp", MZP, "--app", "fleet", "--cert", str(tmp_path / "leaf.pem"), "--ca",
+            str(tmp_path / "ca.pem"), "--client-id", "cid-rekey")
+        old = raw.read(f"{CRED}/current")
+        serial = old["data"]["serial"]
+
+        refused = cli("rekey", "--mzp", MZP, "--app", "fleet", ok=False)
+        assert refused.rc == 2 and "--reason: say why the key is replaced" in refused.err
+
+        r = cli("rekey", "--mzp", MZP, "--app", "fleet", "--reason", "laptop holding the key stolen")
+        assert f"the authority is asked to revoke serial {serial}" in r.out, r.text
+        assert f"serial {serial} stays current and deployed until the new certificate is imported" in r.out
+        pend = raw.read(f"{CRED}/pending")["data"]
+        assert pend["state"] == "pending" and pend["key_sha256"] != old["data"]["key_sha256"]
+        assert pend["rekey"]["reason"] == "laptop holding the key stolen"
+        assert pend["rekey"]["revoke_serial"] == serial
+        assert pend["rekey"]["by"].split("@")[0] and dt.datetime.fromisoformat(pend["rekey"]["at"])
+        assert pend["submitted_at"] and pend["message_id"]
+        # The old certificate is untouched: still current, still what the hosts get.
+        now_current = raw.read(f"{CRED}/current")
+        assert now_current["data"] == old["data"] and now_current["metadata"]["version"] == old["metadata"]["version"]
+        (folder,) = outbox.iterdir()
+        msg = email.message_from_bytes((folder / f"{MZP}-fleet.eml").read_bytes(), policy=email.policy.default)
+        assert msg["Subject"] == f"URGENT: key replacement for {MZP}, application fleet"
+        assert msg["Importance"] == "high" and msg["Message-ID"].strip() == pend["message_id"]
+        body = msg.get_body(("plain",)).get_content()
+        assert f"revoke certificate serial {serial} once it is issued" in body
+        assert "(reason: laptop holding the key stolen)" in body and pend["key_sha256"] in body
+        row = json.loads(cli("status", "--json").out)[0]
+        assert row["state"] == "pending" and row["serial"] == serial and row["pending_times_sent"] == 1
+        (event,) = [e for batch in received for e in batch["events"] if e["kind"] == "rekey"]
+        assert event["details"]["revoke_serial"] == serial and event["details"]["reason"] == \
+            "laptop holding the key stolen"
+    finally:
+        stop()
+
+
+def test_rekey_without_a_current_certificate_says_so_and_changes_nothing(cli, raw):
+    before = raw.snapshot()
+    r = cli("rekey", "--mzp", MZP, "--app", "fleet", "--reason", "test", ok=False)
+    assert r.rc == 2 and "no current certificate yet" in r.err and raw.snapshot() == before
