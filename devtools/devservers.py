@@ -469,3 +469,101 @@ service imap-login {{
         stdio = getattr(self, "_stdio", None)
         if stdio is not None and not stdio.closed:
             stdio.close()
+
+
+class DevTinyproxy:
+    """Debian's tinyproxy as a throwaway forward proxy on loopback: its own config under `home`,
+    nothing read from /etc; `tinyproxy -d -c CONF` (foreground) as a child process in its own group.
+
+    Listens on 127.0.0.1:`port` (`url`), accepts clients from 127.0.0.1 only. CONNECT is allowed to
+    port 443 and to `connect_ports`; with `refuse_connect=True` only to a port none of them is, so
+    every CONNECT to them is answered 403 (tinyproxy allows every port when no ConnectPort is set).
+    Its log goes to its stderr, into home/tinyproxy.log (as root tinyproxy runs as nobody, who could
+    not open a file under a 0700 temporary directory): `log_text()`, `connects()` show what it carried."""
+
+    def __init__(self, home: Path, connect_ports: tuple[int, ...] = (), refuse_connect: bool = False,
+                 start_seconds: float = 10):
+        import shutil
+        binary = shutil.which("tinyproxy") or next((p for p in ("/usr/bin/tinyproxy", "/usr/sbin/tinyproxy")
+                                                    if os.path.exists(p)), None)
+        if binary is None:
+            raise FileNotFoundError("tinyproxy not installed: run scripts/install-system-deps (as root)")
+        self.home = home.resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        allowed = {443, *connect_ports}
+        refused_port = next(p for p in range(9, 65536) if p not in allowed)  # 9 (discard) unless listed
+        self.connect_ports = (refused_port,) if refuse_connect else tuple(sorted(allowed))
+        self.conf_path = self.home / "tinyproxy.conf"
+        self.log_path = self.home / "tinyproxy.log"
+        self.conf_path.write_text(self._config())
+        self._log = open(self.log_path, "wb")
+        self.proc: subprocess.Popen | None = subprocess.Popen(
+            [binary, "-d", "-c", str(self.conf_path)], stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+        self._wait_ready(start_seconds)
+
+    def _config(self) -> str:
+        lines = [
+            "# DevTinyproxy: self-contained, nothing included from /etc.",
+            f"Port {self.port}",
+            "Listen 127.0.0.1",
+            "Allow 127.0.0.1",
+            "Timeout 30",
+            "MaxClients 20",
+            "LogLevel Info",  # Info: every request line (CONNECT host:port) and every refusal
+            f'PidFile "{self.home / "tinyproxy.pid"}"',
+            "DisableViaHeader Yes",
+            *(f"ConnectPort {p}" for p in self.connect_ports),
+        ]
+        if os.getuid() == 0:  # tinyproxy refuses to run as root without User/Group
+            import grp
+            import pwd
+            nobody = pwd.getpwnam("nobody")
+            lines += ["User nobody", f"Group {grp.getgrgid(nobody.pw_gid).gr_name}"]
+        return "\n".join(lines) + "\n"
+
+    def _wait_ready(self, seconds: float) -> None:
+        """Wait until tinyproxy accepts TCP connections on its port."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                pass
+            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"tinyproxy did not listen on 127.0.0.1:{self.port} within {seconds:g} s:\n"
+                                   + self.log_text()[-2000:])
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        """Everything tinyproxy logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def connects(self) -> list[str]:
+        """The `host:port` of every CONNECT it was asked for, in order (allowed or refused)."""
+        import re
+        return re.findall(r"Request \(file descriptor \d+\): CONNECT (\S+) HTTP/", self.log_text())
+
+    def stop(self) -> None:
+        """Terminate tinyproxy (its whole process group); idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        if not self._log.closed:
+            self._log.close()

@@ -1,4 +1,5 @@
-"""Notifications of the credential lifecycle: one e-mail per run and/or one JSON webhook call.
+"""Notifications of the credential lifecycle: one e-mail per run and/or one JSON webhook call (with
+requests, through the proxy the environment names unless the receiver is on loopback).
 
 A notification failure never aborts a rotation: `Notifier.send` logs and returns failures, it
 never raises. No secret ever goes out: an event carries its kind, MZP, application, one human
@@ -13,14 +14,14 @@ import json
 import re
 import socket
 import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from . import mail
+import requests
+
+from . import mail, reply
 from .errors import Error, UserError, names, shown
 from .mail import SmtpConfig, is_loopback
 
@@ -263,13 +264,6 @@ def body(public: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would turn the POST into a GET, or lead to a host never checked: answer it as a failure."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
 class Notifier:
     def __init__(self, config: NotifyConfig | None, smtp_password: str | None, log: Callable[[str], None]):
         self.config = config
@@ -328,49 +322,59 @@ class Notifier:
         return f"notification e-mail sent to {', '.join(cfg.to)} ({len(events)} event(s), Message-ID {message_id})"
 
     def _webhook(self, events: list[Event], public: list[dict]) -> str:
+        """POST the events as JSON: redirects never followed; the proxy of the environment (HTTPS_PROXY,
+        NO_PROXY, as requests reads them), never for a loopback host; plain http to loopback only."""
         cfg = self.config.webhook if self.config else None
         assert cfg is not None  # only called when a webhook is configured
         where = f"webhook {cfg.display}"
         payload = json.dumps({"source": "partnercerts", "events": public}, ensure_ascii=False).encode()
-        request = urllib.request.Request(cfg.url, data=payload, method="POST",
-                                         headers={"Content-Type": "application/json", "User-Agent": "partnercerts"})
-        handlers: list = [_NoRedirect()]
         u = urllib.parse.urlsplit(cfg.url)
-        if is_loopback(u.hostname or ""):
-            handlers.append(urllib.request.ProxyHandler({}))  # never send loopback traffic to a proxy
-        if u.scheme == "https":
-            try:
-                ctx = ssl.create_default_context(cafile=cfg.cafile)
-            except (OSError, ssl.SSLError) as exc:
-                raise UserError(f"{where}: cafile {cfg.cafile}: cannot be read as a PEM CA certificate "
-                                f"({getattr(exc, 'strerror', None) or exc})") from None
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            handlers.append(urllib.request.HTTPSHandler(context=ctx))
-        elif not is_loopback(u.hostname or ""):
+        if u.scheme != "https" and not is_loopback(u.hostname or ""):
             raise UserError(f"{where}: plain http is only allowed to a loopback address; use https")
-        opener = urllib.request.build_opener(*handlers)
-        try:
-            with opener.open(request, timeout=cfg.timeout) as resp:
-                resp.read(MAX_RESPONSE)
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            snippet = ""
+        try:  # the cafile only matters for https (plain http is loopback only)
+            ctx = ssl.create_default_context(cafile=cfg.cafile if u.scheme == "https" else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"{where}: cafile {cfg.cafile}: cannot be read as a PEM CA certificate "
+                            f"({getattr(exc, 'strerror', None) or exc})") from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        snippet = ""
+        with reply.http_session(ctx) as session:
+            proxy = reply.proxy_for(session, cfg.url)  # None for loopback: never sent to a proxy
             try:
-                snippet = _text(exc.read(512).decode("utf-8", errors="replace"), 120)
-            except Exception:  # noqa: BLE001
-                pass
-            extra = " (redirects are not followed; give the final URL)" if 300 <= exc.code < 400 else ""
-            raise UserError(f"{where}: answered {exc.code} {_text(exc.reason, 80)}{extra}"
-                            + (f": {snippet}" if snippet else "")) from None
-        except urllib.error.URLError as exc:
-            raise UserError(f"{where}: {_reason(exc.reason, cfg)}") from None
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{where}: {_reason(exc, cfg)}") from None
-        except Exception as exc:  # http.client.HTTPException and friends
-            raise UserError(f"{where}: {type(exc).__name__} {_text(exc, 200)}") from None
+                with session.post(cfg.url, data=payload, headers={"Content-Type": "application/json"},
+                                  timeout=cfg.timeout, allow_redirects=False, stream=True,
+                                  proxies=reply.proxies(proxy)) as resp:
+                    status = resp.status_code
+                    if 200 <= status < 300:
+                        resp.raw.read(MAX_RESPONSE)
+                    else:
+                        snippet = _text(resp.raw.read(512).decode("utf-8", errors="replace"), 120)
+            except Exception as exc:  # noqa: BLE001 - requests', urllib3's and the socket's, worded below
+                raise UserError(f"{where}: {_failure(exc, cfg, proxy, u)}") from None
         if not 200 <= status < 300:
-            raise UserError(f"{where}: answered {status}; expected 2xx")
+            extra = " (redirects are not followed; give the final URL)" if 300 <= status < 400 else ""
+            raise UserError(f"{where}: answered {status} {_text(resp.reason or '', 80)}{extra}"
+                            + (f": {snippet}" if snippet else ""))
         return f"notification webhook {cfg.display} answered {status} ({len(events)} event(s))"
+
+
+def _failure(exc: BaseException, cfg: WebhookConfig, proxy: str | None, u: urllib.parse.SplitResult) -> str:
+    """What went wrong sending to the webhook, one line: the proxy, TLS, the connection or a timeout."""
+    host = u.hostname or ""
+    where = f"{f'[{host}]' if ':' in host else host}:{u.port or (443 if u.scheme == 'https' else 80)}"
+    about_proxy = reply.proxy_problem(exc, proxy, where)
+    if about_proxy:
+        return about_proxy
+    if reply.timed_out(exc):
+        return _reason(TimeoutError(), cfg)
+    for kind in (ssl.SSLCertVerificationError, ssl.SSLError, ConnectionRefusedError, socket.gaierror):
+        found = reply.first(exc, kind)
+        if found:
+            return _reason(found, cfg)
+    found = reply.first(exc, OSError)
+    if found is not None and not isinstance(found, requests.RequestException) and found.strerror:
+        return _reason(found, cfg)
+    return f"{type(exc).__name__} {_text(exc, 200)}"
 
 
 def _reason(reason: object, cfg: WebhookConfig) -> str:

@@ -2,11 +2,14 @@
 
 The manual authority answers a CSR with an e-mail holding a link to the certificate, a link to the
 CA certificate and the Client ID (sometimes the certificates are attached instead). `parse_eml`
-finds these in the e-mail, `fetch` downloads a link. Neither checks the certificate itself: that is
-the import gate's job (`certs.load_bundle` / `certs.gate`).
+finds these in the e-mail, `fetch` downloads a link (with requests, through the proxy the
+environment names: HTTPS_PROXY, NO_PROXY; `http_session` and `proxy_for` are shared with the
+webhook of `notify`). Neither checks the certificate itself: that is the import gate's job
+(`certs.load_bundle` / `certs.gate`).
 
 Nothing printed here ever holds a query string (download links carry one-time tokens in it) or a
-user name and password from a URL: every URL in a message goes through `shown_url`.
+user name and password from a URL: every URL in a message goes through `shown_url`, every proxy
+through `shown_proxy` (host and port only).
 """
 from __future__ import annotations
 
@@ -23,13 +26,19 @@ from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
-from typing import overload
+from typing import TypeVar, overload
 from urllib.parse import parse_qs, urljoin, urlsplit
 
+import requests
+import requests.adapters
+import requests.auth
+import requests.utils
+import urllib3.exceptions
 from cryptography import x509
 
 from . import certs
 from .errors import Error, ServiceFailure, UserError
+from .mail import is_loopback
 
 MAX_REDIRECTS = 3
 CHUNK = 64 * 1024
@@ -74,7 +83,6 @@ class _Target:
     url: str
     host: str
     port: int
-    path: str  # what goes on the request line: path and query
 
     @property
     def shown(self) -> str:
@@ -104,8 +112,7 @@ def _check_url(url: str, allowed_hosts: list[str] | None, origin: str | None = N
         listed = ", ".join(allowed_hosts) or "none"
         raise UserError(f"{lead}: host {host} is not one of the allowed download hosts ({listed}); check the link "
                         "really comes from the authority, then add its host to the allowed hosts")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return _Target(url=url, host=host, port=port, path=path)
+    return _Target(url=url, host=host, port=port)
 
 
 # ---------------------------------------------------------------- fetch
@@ -120,29 +127,30 @@ def fetch(url: str, *, max_bytes: int, allowed_hosts: list[str] | None, cafile: 
     before connecting; the server verified with the system CAs, or `cafile`; at most `max_bytes`;
     `timeout` seconds for the whole download, redirects included. A 200 answer is returned as it
     is (an HTML page instead of a certificate is for the certificate parser to refuse).
+
+    The proxy comes from the environment as `requests` reads it (HTTPS_PROXY / https_proxy, ALL_PROXY,
+    NO_PROXY / no_proxy), decided again for every hop; a loopback host is never sent to a proxy.
+    Failures of the network, the proxy, TLS or the server are one-line ServiceFailures.
     """
     context = _tls_context(cafile)
     deadline = time.monotonic() + timeout
     target = _check_url(url, allowed_hosts)
-    for hops in range(MAX_REDIRECTS + 1):
-        with _explained(target, cafile, timeout):
-            conn, sock, resp = _request(target, context, deadline)
-            try:
-                if resp.status not in REDIRECT_STATUSES:
-                    _check_status(resp, target)
-                    return _read_capped(resp, sock, max_bytes, deadline, target)
-                location = resp.getheader("Location")
-            finally:
-                resp.close()
-                conn.close()
-                sock.close()
-        if not location:
-            raise UserError(f"{target.shown}: HTTP {resp.status} redirect without a Location; ask the authority "
-                            "for a new link")
-        if hops == MAX_REDIRECTS:
-            raise UserError(f"{shown_url(url)}: more than {MAX_REDIRECTS} redirects; open the link in a browser, "
-                            "download the file and give --cert")
-        target = _check_url(urljoin(target.url, location.strip()), allowed_hosts, origin=target.url)
+    with http_session(context) as session:
+        for hops in range(MAX_REDIRECTS + 1):
+            proxy = proxy_for(session, target.url)
+            with _explained(target, cafile, timeout, proxy):
+                with _request(session, target, proxy, deadline) as resp:
+                    if resp.status_code not in REDIRECT_STATUSES:
+                        _check_status(resp, target)
+                        return _read_capped(resp, max_bytes, deadline, target)
+                    location = resp.headers.get("Location")
+            if not location:
+                raise UserError(f"{target.shown}: HTTP {resp.status_code} redirect without a Location; ask the "
+                                "authority for a new link")
+            if hops == MAX_REDIRECTS:
+                raise UserError(f"{shown_url(url)}: more than {MAX_REDIRECTS} redirects; open the link in a browser, "
+                                "download the file and give --cert")
+            target = _check_url(urljoin(target.url, location.strip()), allowed_hosts, origin=target.url)
     raise AssertionError("unreachable")
 
 
@@ -156,6 +164,142 @@ def _tls_context(cafile: str | None) -> ssl.SSLContext:
                         "certificate(s) that signed the download server's certificate") from None
 
 
+class _NoNetrc(requests.auth.AuthBase):
+    """No authentication: with trust_env, requests would otherwise send ~/.netrc credentials to the host."""
+
+    def __call__(self, r):
+        return r
+
+
+class _VerifiedAdapter(requests.adapters.HTTPAdapter):
+    """TLS with exactly `context` (the system CAs, or a CA file) for every server, proxied or not: not
+    requests' own CA bundle (certifi), not REQUESTS_CA_BUNDLE; never a retry."""
+
+    def __init__(self, context: ssl.SSLContext):
+        self._context = context
+        super().__init__(max_retries=0)
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, _ = super().build_connection_pool_key_attributes(request, True, None)
+        return host_params, {"ssl_context": self._context, "cert_reqs": "CERT_REQUIRED"}
+
+    def cert_verify(self, conn, url, verify, cert):
+        conn.cert_reqs = "CERT_REQUIRED"  # the context holds the trust anchors: no CA bundle on top of them
+        conn.ca_certs = conn.ca_cert_dir = None
+
+
+def http_session(context: ssl.SSLContext) -> requests.Session:
+    """A requests Session that takes its proxies from the environment (trust_env), verifies every server
+    with `context`, never retries and sends no ~/.netrc credentials. Close it (it is a context manager)."""
+    session = requests.Session()
+    session.trust_env = True
+    session.auth = _NoNetrc()
+    session.headers.clear()
+    session.headers.update({"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"})
+    adapter = _VerifiedAdapter(context)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def proxy_for(session: requests.Session, url: str) -> str | None:
+    """The proxy requests would take from the environment for `url` (NO_PROXY honoured); None for a loopback host."""
+    host = urlsplit(url).hostname or ""
+    if is_loopback(host):
+        return None
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    return requests.utils.select_proxy(url, settings["proxies"]) or None
+
+
+def proxies(proxy: str | None) -> dict:
+    """The `proxies` argument for one request: exactly `proxy`, or none at all (None entries cancel the
+    environment's)."""
+    return {"https": proxy, "http": proxy, "all": proxy}
+
+
+def shown_proxy(proxy: str) -> str | None:
+    """host:port of a proxy URL as requests reads it (http:// when it has no scheme), never its user or
+    password; None when it is not a valid URL."""
+    try:
+        parts = urlsplit(requests.utils.prepend_scheme_if_needed(proxy, "http"))
+        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def causes(exc: BaseException):
+    """`exc` and every exception inside it: causes, contexts, and the exceptions requests and urllib3 wrap
+    (in their arguments or `reason`), each once, nearest first."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        inner = [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
+        todo.extend(x for x in inner if isinstance(x, BaseException))
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def first(exc: BaseException, kind: type[E]) -> E | None:
+    """The nearest exception of `kind` in `exc` (see `causes`)."""
+    return next((e for e in causes(exc) if isinstance(e, kind)), None)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """A timeout anywhere in `exc` (urllib3 files a refused or failed connection under its timeouts too: not one)."""
+    return any(isinstance(e, (TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout))
+               and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in causes(exc))
+
+
+_TUNNEL_RE = re.compile(r"Tunnel connection failed: (\d{3})\s*(.*)", re.S)  # http.client's words
+
+
+def proxy_problem(exc: BaseException, proxy: str | None, where: str) -> str | None:
+    """What went wrong with the proxy, as the end of a one-line message; None if the proxy is not the problem."""
+    if not proxy:
+        return None
+    fix = "check HTTPS_PROXY / NO_PROXY"
+    shown = shown_proxy(proxy)
+    if shown is None:
+        return f"the proxy set in the environment is not a valid URL; {fix}"
+    for e in causes(exc):
+        m = _TUNNEL_RE.match(str(e)) if type(e) is OSError else None
+        if m:
+            status = int(m.group(1))
+            reason = "".join(ch if ch.isprintable() else "?" for ch in m.group(2).strip())[:80]
+            answer = f"it answered the CONNECT with {status}{' ' + reason if reason else ''}"
+            if status >= 500:
+                return (f"the proxy {shown} could not connect to {where} ({answer}); check the link and that the "
+                        f"server is up, then {fix}")
+            return f"the proxy {shown} refused to connect to {where} ({answer}); {fix}, or have the proxy allow {where}"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        if first(exc, socket.gaierror):
+            why = "cannot resolve its host name"
+        elif first(exc, ConnectionRefusedError):
+            why = "connection refused"
+        elif timed_out(exc):
+            why = "no answer in time"
+        else:
+            found = first(exc, OSError)
+            why = (getattr(found, "strerror", None) if found else None) or "it failed"
+        return f"cannot reach the proxy {shown} ({why}); {fix}"
+    return None
+
+
+def _request(session: requests.Session, target: _Target, proxy: str | None, deadline: float) -> requests.Response:
+    """Send the GET and read the status line and headers (not the body), directly or through `proxy`."""
+    left = _remaining(deadline)
+    return session.get(target.url, allow_redirects=False, stream=True, timeout=(left, left), proxies=proxies(proxy))
+
+
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
@@ -163,31 +307,17 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def _request(target: _Target, context: ssl.SSLContext, deadline: float):
-    """Connect, send the GET, read the status line and headers; return (connection, socket, response)."""
-    conn = http.client.HTTPSConnection(target.host, target.port, timeout=_remaining(deadline), context=context)
-    try:
-        conn.request("GET", target.path, headers={"User-Agent": USER_AGENT, "Accept": "*/*",
-                                                  "Accept-Encoding": "identity", "Connection": "close"})
-        sock = conn.sock  # kept: getresponse() drops it from the connection when the server closes
-        sock.settimeout(_remaining(deadline))
-        return conn, sock, conn.getresponse()
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _check_status(resp: http.client.HTTPResponse, target: _Target) -> None:
-    if resp.status in EXPIRED_STATUSES:
-        raise UserError(f"{target.shown}: HTTP {resp.status}: the download link has expired or was already used; "
-                        "ask the authority for a new link")
-    if not 200 <= resp.status < 300:
+def _check_status(resp: requests.Response, target: _Target) -> None:
+    if resp.status_code in EXPIRED_STATUSES:
+        raise UserError(f"{target.shown}: HTTP {resp.status_code}: the download link has expired or was already "
+                        "used; ask the authority for a new link")
+    if not 200 <= resp.status_code < 300:
         try:
-            phrase = " " + http.HTTPStatus(resp.status).phrase
+            phrase = " " + http.HTTPStatus(resp.status_code).phrase
         except ValueError:
             phrase = ""
-        raise ServiceFailure(f"{target.shown}: the server answered HTTP {resp.status}{phrase}; try again later, or "
-                        "download the file in a browser and give --cert")
+        raise ServiceFailure(f"{target.shown}: the server answered HTTP {resp.status_code}{phrase}; try again later, "
+                             "or download the file in a browser and give --cert")
 
 
 def _over_limit(target: _Target, max_bytes: int) -> UserError:
@@ -195,17 +325,23 @@ def _over_limit(target: _Target, max_bytes: int) -> UserError:
                      "certificate file (raise PARTNERCERTS_MAX_INPUT_BYTES only if it really is)")
 
 
-def _read_capped(resp: http.client.HTTPResponse, sock: socket.socket, max_bytes: int, deadline: float,
-                 target: _Target) -> bytes:
-    """The body, refused as soon as it is announced or seen to be over max_bytes; the deadline holds throughout."""
-    length = (resp.getheader("Content-Length") or "").strip()
+def _read_capped(resp: requests.Response, max_bytes: int, deadline: float, target: _Target) -> bytes:
+    """The body, refused as soon as it is announced or seen to be over max_bytes; the deadline holds throughout.
+
+    Read with read1 (whatever has arrived, up to CHUNK), the socket's timeout set to what is left
+    before each read: a buffered read (iter_content) would wait for a full chunk from a server that
+    trickles, past the deadline."""
+    length = (resp.headers.get("Content-Length") or "").strip()
     if length.isdigit() and int(length) > max_bytes:
         raise _over_limit(target, max_bytes)
+    sock = getattr(resp.raw.connection, "sock", None)
     chunks: list[bytes] = []
     size = 0
     while True:
-        sock.settimeout(_remaining(deadline))
-        chunk = resp.read1(CHUNK)
+        left = _remaining(deadline)
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = resp.raw.read1(CHUNK, decode_content=True)
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
@@ -214,36 +350,54 @@ def _read_capped(resp: http.client.HTTPResponse, sock: socket.socket, max_bytes:
         chunks.append(chunk)
 
 
+_NETWORK_ERRORS = (OSError, requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+
 @contextlib.contextmanager
-def _explained(target: _Target, cafile: str | None, timeout: float):
-    """Turn network, DNS, TLS and timeout failures into one-line ServiceFailures naming the URL and what to check."""
-    where = f"{target.host}:{target.port}"
+def _explained(target: _Target, cafile: str | None, timeout: float, proxy: str | None):
+    """Turn network, proxy, DNS, TLS and timeout failures into one-line ServiceFailures naming the URL and what
+    to check."""
     try:
         yield
-    except ssl.SSLCertVerificationError as exc:
+    except _NETWORK_ERRORS as exc:
+        raise _failure(exc, target, cafile, timeout, proxy) from None
+
+
+def _failure(exc: BaseException, target: _Target, cafile: str | None, timeout: float,
+             proxy: str | None) -> ServiceFailure:
+    where = f"{target.host}:{target.port}"
+    via = f" (through the proxy {shown_proxy(proxy)})" if proxy else ""  # proxy_problem: a valid one
+    about_proxy = proxy_problem(exc, proxy, where)
+    if about_proxy:
+        return ServiceFailure(f"{target.shown}: {about_proxy}")
+    verify = first(exc, ssl.SSLCertVerificationError)
+    if verify:
         anchors = f"the CA file {cafile}" if cafile else "this machine's CA certificates"
-        raise ServiceFailure(f"{target.shown}: the server's TLS certificate does not verify against {anchors} "
-                        f"({exc.verify_message or exc.reason}); check the link's host, and the CA certificates "
-                        "used for downloads") from None
-    except socket.gaierror:
-        raise ServiceFailure(f"{target.shown}: cannot resolve host {target.host}; check the link and this machine's "
-                        "DNS") from None
-    except TimeoutError:
-        raise ServiceFailure(f"{target.shown}: no complete answer within {timeout:g} s; check the network path to "
-                        f"{where} (proxy, firewall) and try again") from None
-    except ssl.SSLError as exc:
-        raise ServiceFailure(f"{target.shown}: the TLS connection to {where} failed "
-                             f"({exc.reason or type(exc).__name__}); "
-                             "check the link and that the server speaks HTTPS") from None
-    except ConnectionRefusedError:
-        raise ServiceFailure(f"{target.shown}: connection refused by {where}; check the link and that the server is "
-                        "up") from None
-    except http.client.HTTPException as exc:
-        raise ServiceFailure(f"{target.shown}: the server broke off its answer ({type(exc).__name__}); try again, or "
-                        "download the file in a browser and give --cert") from None
-    except OSError as exc:
-        raise ServiceFailure(f"{target.shown}: cannot reach {where} ({exc.strerror or type(exc).__name__}); check "
-                        "the link and the network") from None
+        return ServiceFailure(f"{target.shown}: the server's TLS certificate does not verify against {anchors} "
+                              f"({verify.verify_message or verify.reason}); check the link's host, and the CA "
+                              "certificates used for downloads")
+    if first(exc, socket.gaierror):
+        return ServiceFailure(f"{target.shown}: cannot resolve host {target.host}; check the link and this "
+                              "machine's DNS")
+    if timed_out(exc):
+        return ServiceFailure(f"{target.shown}: no complete answer within {timeout:g} s{via}; check the network "
+                              f"path to {where} (proxy, firewall) and try again")
+    tls = first(exc, ssl.SSLError)
+    if tls:
+        return ServiceFailure(f"{target.shown}: the TLS connection to {where} failed "
+                              f"({tls.reason or type(tls).__name__}){via}; check the link and that the server "
+                              "speaks HTTPS")
+    if first(exc, ConnectionRefusedError):
+        return ServiceFailure(f"{target.shown}: connection refused by {where}; check the link and that the server "
+                              "is up")
+    broken = (first(exc, http.client.HTTPException) or first(exc, urllib3.exceptions.ProtocolError)
+              or first(exc, urllib3.exceptions.DecodeError))
+    if broken:
+        return ServiceFailure(f"{target.shown}: the server broke off its answer ({type(broken).__name__}); try "
+                              "again, or download the file in a browser and give --cert")
+    found = first(exc, OSError)
+    why = getattr(found, "strerror", None) or type(exc).__name__
+    return ServiceFailure(f"{target.shown}: cannot reach {where} ({why}){via}; check the link and the network")
 
 
 # ---------------------------------------------------------------- reply e-mails
