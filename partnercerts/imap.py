@@ -91,13 +91,6 @@ class MailboxConfig:
                    cafile=cafile, timeout=float(timeout))
 
 
-@dataclass(frozen=True)
-class Folder:
-    name: str
-    uidvalidity: int
-    uids: list[int]
-
-
 class Mailbox:
     """One logged-in IMAP session (a context manager). Methods raise ServiceFailure naming the server."""
 
@@ -186,19 +179,23 @@ class Mailbox:
         """A folder name of the inventory ('/'-separated) in the server's hierarchy delimiter."""
         return folder.replace("/", self._delimiter) if self._delimiter != "/" else folder
 
-    def messages(self, folder: str, after_uid: int, keywords: tuple[str, ...] = ()) -> Folder:
-        """The folder's UIDVALIDITY and, sorted, the UIDs above `after_uid` plus those carrying any keyword."""
-        name = self.server_name(folder)
+    def select(self, folder: str) -> int:
+        """Select a folder (read-write: messages are moved and flagged); its UIDVALIDITY."""
         try:
-            info = self.client.select_folder(name)
-            uidvalidity = int(info.get(b"UIDVALIDITY", 0))
-            found = set(self.client.search(["UID", f"{after_uid + 1}:*"]))
-            found = {u for u in found if u > after_uid}  # "n:*" matches the last message even when below n
-            for keyword in keywords:
+            info = self.client.select_folder(self.server_name(folder))
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"cannot open folder {folder!r}", exc) from None
+        return int(info.get(b"UIDVALIDITY", 0))
+
+    def uids(self, folder: str, after_uid: int, keywords: tuple[str, ...] = ()) -> list[int]:
+        """In the selected folder, sorted: the UIDs above `after_uid`, and those carrying any of `keywords`."""
+        try:
+            found = {u for u in self.client.search(["UID", f"{after_uid + 1}:*"]) if u > after_uid}
+            for keyword in keywords:  # ("n:*" matches the last message even when its UID is below n)
                 found |= set(self.client.search(["KEYWORD", keyword]))
         except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"cannot read folder {folder!r}", exc) from None
-        return Folder(folder, uidvalidity, sorted(found))
+            raise self._fail(f"cannot search folder {folder!r}", exc) from None
+        return sorted(found)
 
     def fetch(self, uid: int, max_bytes: int) -> tuple[bytes, dict]:
         """The raw message and its envelope facts (size, flags); over `max_bytes` is a UserError-like refusal."""

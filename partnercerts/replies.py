@@ -136,12 +136,11 @@ class Replies:
         folders = dict(state.record.folders) if state else {}
         seen = folders.get(cfg.folder) or {}
         with Mailbox(cfg, password, partner.mzp) as box:
-            listing = box.messages(cfg.folder, 0, ())  # UIDVALIDITY first: a rebuilt folder is read from the start
-            last = int(seen.get("last_uid", 0)) if int(seen.get("uidvalidity", -1)) == listing.uidvalidity else 0
-            run.rescanned = bool(seen) and int(seen.get("uidvalidity", -1)) != listing.uidvalidity
-            todo = box.messages(cfg.folder, last, tuple(KEYWORDS.values()))
+            uidvalidity = box.select(cfg.folder)  # a rebuilt folder (another UIDVALIDITY) is read from the start
+            last = int(seen.get("last_uid", 0)) if int(seen.get("uidvalidity", -1)) == uidvalidity else 0
+            run.rescanned = bool(seen) and int(seen.get("uidvalidity", -1)) != uidvalidity
             high = last
-            for uid in todo.uids:
+            for uid in box.uids(cfg.folder, last, tuple(KEYWORDS.values())):
                 handled = self._one(box, partner, uid, now, dry_run)
                 run.handled.append(handled)
                 if not dry_run:
@@ -150,7 +149,7 @@ class Replies:
                         self._attention(handled, now)
                 high = max(high, uid)
         if not dry_run:
-            folders[cfg.folder] = {"uidvalidity": listing.uidvalidity, "last_uid": high}
+            folders[cfg.folder] = {"uidvalidity": uidvalidity, "last_uid": high}
             left = {reason: sum(1 for h in run.handled if h.outcome.value == reason) for reason in KEYWORDS}
             self.store.put_mailbox_state(partner.mzp, MailboxState(folders=folders, checked_at=iso(now), left=left),
                                          cas=state.version if state else 0)
