@@ -12,12 +12,11 @@ import ssl
 from dataclasses import dataclass
 
 from .errors import Remedy, ServiceFailure, UserError, names, shown
-from .mail import is_loopback
+from .mail import check_host, check_port, check_timeout, is_loopback
 
 SECURITY = ("tls", "starttls", "none")
 DEFAULT_PORTS = {"tls": 993, "starttls": 143, "none": 143}
 KEYS = ("host", "port", "security", "user", "folder", "processed_folder", "cafile", "timeout")
-MAX_TIMEOUT = 600
 
 
 def _text(raw: dict, key: str, where: str, default: str | None = None, limit: int = 256) -> str | None:
@@ -58,20 +57,12 @@ class MailboxConfig:
         unknown = set(raw) - set(KEYS)
         if unknown:
             raise UserError(f"{where}: unknown field(s) {names(unknown)}; allowed: {', '.join(KEYS)}")
-        host = raw.get("host")
-        if not isinstance(host, str) or not host.strip() or len(host) > 253 or any(c.isspace() for c in host) \
-                or "/" in host or "{{" in host:
-            raise UserError(f"{where}: field 'host' is {shown(host)}; give the IMAP server's name or address, "
-                            "e.g. imap.example.com")
-        host = host.strip("[]")
+        host = check_host(raw, where, "IMAP")
         security = raw.get("security", "tls")
         if not isinstance(security, str) or security not in SECURITY:
             raise UserError(f"{where}: field 'security' is {shown(security)}; use one of {', '.join(SECURITY)} "
                             "(tls = implicit TLS on 993, starttls on 143, none only to a loopback address)")
-        port = raw.get("port", DEFAULT_PORTS[security])
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise UserError(f"{where}: field 'port' is {shown(port)}; use a port number from 1 to 65535 "
-                            "(993 for tls, 143 for starttls)")
+        port = check_port(raw, where, DEFAULT_PORTS[security], "993 for tls, 143 for starttls")
         user = _text(raw, "user", where)
         if user is None:
             raise UserError(f"{where}: field 'user' is missing; give the mailbox login, e.g. pki@example.com")
@@ -81,14 +72,12 @@ class MailboxConfig:
         if folder == processed:
             raise UserError(f"{where}: 'processed_folder' must differ from 'folder' ({folder!r})")
         cafile = _text(raw, "cafile", where, None, limit=4096)
-        timeout = raw.get("timeout", 30)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT:
-            raise UserError(f"{where}: field 'timeout' is {shown(timeout)}; use seconds from 1 to {MAX_TIMEOUT}")
+        timeout = check_timeout(raw, where)
         if security == "none" and not is_loopback(host):
             raise UserError(f"{where}: security 'none' sends the mailbox password in clear, so it is only allowed to "
                             f"a loopback address; {host!r} is not one: use security tls (993) or starttls (143)")
         return cls(host=host, user=user, port=port, security=security, folder=folder, processed_folder=processed,
-                   cafile=cafile, timeout=float(timeout))
+                   cafile=cafile, timeout=timeout)
 
 
 class Mailbox:
@@ -198,14 +187,17 @@ class Mailbox:
         return sorted(found)
 
     def fetch(self, uid: int, max_bytes: int) -> tuple[bytes, dict]:
-        """The raw message and its envelope facts (size, flags); over `max_bytes` is a UserError-like refusal."""
+        """The raw message and its facts: size, flags and the headers that name it (Subject, Date, Message-ID);
+        over `max_bytes`, the body is not fetched (b"")."""
+        fields = "BODY.PEEK[HEADER.FIELDS (SUBJECT DATE MESSAGE-ID)]"
         try:
-            meta = self.client.fetch([uid], ["RFC822.SIZE", "FLAGS"]).get(uid)
+            meta = self.client.fetch([uid], ["RFC822.SIZE", "FLAGS", fields]).get(uid)
             if meta is None:
                 raise ServiceFailure(f"{self.config.server}: message UID {uid} is gone from the folder")
             size = int(meta.get(b"RFC822.SIZE", 0))
+            headers = next((v for k, v in meta.items() if k.startswith(b"BODY[HEADER")), b"") or b""
             if size > max_bytes:
-                return b"", {"size": size, "flags": meta.get(b"FLAGS", ())}
+                return b"", {"size": size, "flags": meta.get(b"FLAGS", ()), "headers": headers}
             body = self.client.fetch([uid], ["BODY.PEEK[]"]).get(uid, {}).get(b"BODY[]", b"")
         except ServiceFailure:
             raise

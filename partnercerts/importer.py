@@ -71,12 +71,14 @@ class Importer:
 
     def import_cert(self, mzp: str, app: str, cert: Source, now: dt.datetime, ca: Source | None = None,
                     client_id: str | None = None, submission: str = "", submitted_at: str = "",
-                    accept_subject_change: bool = False, dry_run: bool = False) -> ImportResult:
+                    accept_subject_change: bool = False, dry_run: bool = False,
+                    reply_message_id: str = "") -> ImportResult:
         """Pass a certificate through the strict gate and make it current; on any refusal nothing changes.
 
         accept_subject_change: a human checked with the authority that its change of OU, O or C is
         right; the acceptance (who, when, the changes) is recorded with the certificate.
-        dry_run: everything up to and including the gate, nothing written."""
+        dry_run: everything up to and including the gate, nothing written.
+        reply_message_id: the reply mailbox's message it comes from, kept with the certificate."""
         from . import certs
         from . import csr as csrmod
         self.inventory.partner(mzp).app(app)
@@ -105,6 +107,7 @@ class Importer:
                               min_validity_days=self.settings.min_validity_days, source=cert.name,
                               accept_subject_change=accept_subject_change)
         record = self._issued(accepted, pend.record, cur, client_id, now, submission, submitted_at)
+        record.reply_message_id = reply_message_id
         if accepted.accepted_changes:
             record.subject_change = {"accepted_by": self.store.who(), "accepted_at": iso(now),
                                      "changes": list(accepted.accepted_changes)}

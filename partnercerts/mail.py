@@ -40,6 +40,30 @@ def _clear_refused(host: str, where: str) -> UserError:
                      "use security starttls (port 587) or tls (port 465)")
 
 
+def check_host(raw: dict, where: str, what: str) -> str:
+    """The 'host' field of a server mapping (SMTP, IMAP): a name or an address, one word; `what` e.g. 'SMTP'."""
+    host = raw.get("host")
+    if not isinstance(host, str) or not host.strip() or len(host) > 253 or any(c.isspace() for c in host) \
+            or "/" in host or "{{" in host:
+        raise UserError(f"{where}: field 'host' is {shown(host)}; give the {what} server's name or address, "
+                        f"e.g. {what.lower()}.example.com")
+    return host.strip("[]")
+
+
+def check_port(raw: dict, where: str, default: int, hint: str) -> int:
+    port = raw.get("port", default)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise UserError(f"{where}: field 'port' is {shown(port)}; use a port number from 1 to 65535 ({hint})")
+    return port
+
+
+def check_timeout(raw: dict, where: str) -> float:
+    timeout = raw.get("timeout", 30)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT:
+        raise UserError(f"{where}: field 'timeout' is {shown(timeout)}; use seconds from 1 to {MAX_TIMEOUT}")
+    return float(timeout)
+
+
 @dataclass(frozen=True)
 class SmtpConfig:
     host: str
@@ -66,34 +90,24 @@ class SmtpConfig:
         if unknown:
             raise UserError(f"{where}: unknown field(s) {names(unknown)}; "
                             f"allowed: {', '.join(SMTP_KEYS)}")
-        host = raw.get("host")
-        if not isinstance(host, str) or not host.strip() or len(host) > 253 or any(c.isspace() for c in host) \
-                or "/" in host or "{{" in host:
-            raise UserError(f"{where}: field 'host' is {shown(host)}; give the SMTP server's name or address, "
-                            "e.g. smtp.example.com")
-        host = host.strip("[]")
+        host = check_host(raw, where, "SMTP")
         security = raw.get("security", "starttls")
         if not isinstance(security, str) or security not in SECURITY:
             raise UserError(f"{where}: field 'security' is {shown(security)}; use one of {', '.join(SECURITY)} "
                             "(starttls on 587, tls = implicit TLS on 465, none only to a loopback address)")
-        port = raw.get("port", DEFAULT_PORTS[security])
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise UserError(f"{where}: field 'port' is {shown(port)}; use a port number from 1 to 65535 "
-                            "(587 for starttls, 465 for tls)")
+        port = check_port(raw, where, DEFAULT_PORTS[security], "587 for starttls, 465 for tls")
         user = raw.get("user")
         if user is not None and (not isinstance(user, str) or not user or len(user) > 256
                                  or any(c in user for c in "\r\n\0")):
             raise UserError(f"{where}: field 'user' must be the SMTP login name (one line), or left out for no login")
-        timeout = raw.get("timeout", 30)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT:
-            raise UserError(f"{where}: field 'timeout' is {shown(timeout)}; use seconds from 1 to {MAX_TIMEOUT}")
+        timeout = check_timeout(raw, where)
         cafile = raw.get("cafile")
         if cafile is not None and (not isinstance(cafile, str) or not cafile or "{{" in cafile):
             raise UserError(f"{where}: field 'cafile' must be the path of a PEM file with the CA that signed "
                             "the SMTP server's certificate")
         if security == "none" and not is_loopback(host):
             raise _clear_refused(host, where)
-        return cls(host=host, port=port, security=security, user=user, timeout=float(timeout), cafile=cafile)
+        return cls(host=host, port=port, security=security, user=user, timeout=timeout, cafile=cafile)
 
 
 def _one_line(text: object, password: str | None, limit: int = 200) -> str:

@@ -190,16 +190,25 @@ class Replies:
         try:
             raw, meta = box.fetch(uid, limit)
         except Error as exc:
-            return Handled(uid, Outcome.UNREADABLE, str(exc))
+            return Handled(uid, Outcome.UNREADABLE, str(exc), mzp=partner.mzp)
         if not raw:
+            head = email.message_from_bytes(meta.get("headers") or b"", policy=email.policy.default)
             return Handled(uid, Outcome.UNREADABLE, f"{meta['size']} bytes, over the {limit}-byte limit "
-                                                    "(PARTNERCERTS_MAX_EML_BYTES)")
+                                                    "(PARTNERCERTS_MAX_EML_BYTES)", subject=_header(head, "Subject"),
+                           date=_header(head, "Date"), message_id=_header(head, "Message-ID"), mzp=partner.mzp)
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         got = Handled(uid, Outcome.UNMATCHED, "", subject=_header(msg, "Subject"), date=_header(msg, "Date"),
-                      message_id=_header(msg, "Message-ID"))
+                      message_id=_header(msg, "Message-ID"), mzp=partner.mzp)
         name = f"{box.config.server} UID {uid}"
         pendings = {a.name: self.store.live_pending(partner.mzp, a.name) for a in partner.applications}
         got.hints = self._hints(partner, msg, raw, pendings)
+        if got.message_id:  # imported from this very message already (its links may work only once)
+            for app in partner.applications:
+                cur = self.store.current(partner.mzp, app.name)
+                if cur and cur.record.reply_message_id == got.message_id:
+                    got.outcome, got.app = Outcome.ALREADY_CURRENT, app.name
+                    got.detail = f"serial {cur.record.serial} is already current (imported from this message)"
+                    return got
         try:
             found = reply.parse_eml(raw, max_bytes=limit, source=name)
         except UserError as exc:
@@ -239,7 +248,7 @@ class Replies:
         try:
             result = self.importer.import_cert(got.mzp, got.app, resolved.cert, now, ca=resolved.ca,
                                                client_id=resolved.client_id, submission="email reply",
-                                               dry_run=dry_run)
+                                               dry_run=dry_run, reply_message_id=got.message_id)
         except (GateRefusal, UserError) as exc:
             got.outcome, got.detail = Outcome.REFUSED, str(exc)
             return got

@@ -181,12 +181,13 @@ class Issued(_Record):
     subject_notes: list = field(default_factory=list)
     # Identity changes (OU, O, C) a human accepted: {"accepted_by", "accepted_at", "changes": [...]}.
     subject_change: dict = field(default_factory=dict)
+    reply_message_id: str = ""   # the reply mailbox's message it was imported from (links may work only once)
     _lists: ClassVar[tuple[str, ...]] = ("turnarounds", "subject_notes")
     _ints: ClassVar[tuple[str, ...]] = ("turnaround_seconds",)
 
     def to_data(self) -> dict:
         data = super().to_data()
-        for name in ("turnarounds", "subject_notes", "subject_change"):
+        for name in ("turnarounds", "subject_notes", "subject_change", "reply_message_id"):
             if not data[name]:
                 data.pop(name)
         return data

@@ -237,12 +237,14 @@ def print_replies(runs, dry_run: bool) -> None:
     """One line per message of the reply mailboxes read, and per mailbox that could not be read."""
     for run in runs:
         rescan = " (its UIDVALIDITY changed: read again from the start)" if run.rescanned else ""
-        print(f"replies in {run.server}{rescan}:" if run.handled else f"replies in {run.server}: no new message"
-              + rescan)
+        if run.handled:
+            print(f"replies in {run.server}{rescan}:")
+        elif run.failure is None:
+            print(f"replies in {run.server}: no new message{rescan}")
         for handled in run.handled:
             print(f"  {handled.line(run.server)}")
         if run.failure is not None:
-            print(f"  FAILED {run.server}: {run.failure.worded(HINTS)}", file=sys.stderr)
+            print(f"  FAILED: {run.failure.worded(HINTS)}", file=sys.stderr)
     if dry_run and any(run.handled for run in runs):
         print("dry run: no message was imported, moved or flagged")
 
@@ -279,7 +281,8 @@ def replies(c, mzp=None, dry_run=False):
             lock.release(when)
     failed = [r for r in runs if r.failure is not None]
     if failed:
-        raise Exit(f"error: could not read {', '.join(r.server for r in failed)} (see above)", code=4)
+        raise Exit(f"error: could not read all of {', '.join(r.server for r in failed)} (see above); what was "
+                   "settled stays settled, the rest is read again next run", code=4)
 
 
 @task(name="mailbox-password", help={"mzp": MZP_HELP})
