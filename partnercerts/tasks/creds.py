@@ -258,6 +258,9 @@ def replies(c, mzp=None, dry_run=False):
     from ..lock import Lock, whoami
     tk = toolkit()
     when = now()
+    if mzp is None and not tk.replies.configured():
+        print(f"no partner has a reply_mailbox in {tk.inventory.path}; add one to read the authority's replies")
+        return
     lock = Lock(tk.store)
     if not dry_run:
         held = lock.acquire(whoami("scripts/inv replies"), when)

@@ -281,3 +281,10 @@ def test_an_answer_without_certificate_needs_attention_until_a_human_resends(cli
         assert row["state"] == "pending" and row["pending_attention"] is None and row["pending_times_sent"] == 2
     finally:
         stop()
+
+
+def test_replies_without_any_mailbox_says_so(cli, inventory):
+    r = cli("replies")
+    assert r.out == f"no partner has a reply_mailbox in {inventory}; add one to read the authority's replies\n"
+    r = cli("replies", "--mzp", MZP, ok=False)
+    assert r.rc == 2 and "partner MZP654321 has no 'reply_mailbox'; add one" in r.err
