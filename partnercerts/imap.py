@@ -89,6 +89,7 @@ class Mailbox:
         self._password = password
         self._client = None
         self._delimiter = "/"
+        self._ensured: set[str] = set()  # folders known to exist this session: no LIST per moved message
 
     def __enter__(self) -> "Mailbox":
         self.open()
@@ -207,6 +208,8 @@ class Mailbox:
 
     def ensure_folder(self, folder: str) -> str:
         name = self.server_name(folder)
+        if name in self._ensured:
+            return name
         try:
             if not self.client.folder_exists(name):
                 self.client.create_folder(name)
@@ -216,6 +219,7 @@ class Mailbox:
                     pass
         except Exception as exc:  # noqa: BLE001
             raise self._fail(f"cannot create folder {folder!r}", exc) from None
+        self._ensured.add(name)
         return name
 
     def move(self, uid: int, folder: str) -> None:

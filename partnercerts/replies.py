@@ -202,9 +202,10 @@ class Replies:
         name = f"{box.config.server} UID {uid}"
         pendings = {a.name: self.store.live_pending(partner.mzp, a.name) for a in partner.applications}
         got.hints = self._hints(partner, msg, raw, pendings)
+        currents = {a.name: self.store.current(partner.mzp, a.name) for a in partner.applications}
         if got.message_id:  # imported from this very message already (its links may work only once)
             for app in partner.applications:
-                cur = self.store.current(partner.mzp, app.name)
+                cur = currents[app.name]
                 if cur and cur.record.reply_message_id == got.message_id:
                     got.outcome, got.app = Outcome.ALREADY_CURRENT, app.name
                     got.detail = f"serial {cur.record.serial} is already current (imported from this message)"
@@ -228,7 +229,7 @@ class Replies:
         prints = {certs.fingerprint(c) for c in bundle}
         for app in partner.applications:
             pend = pendings[app.name]
-            cur = self.store.current(partner.mzp, app.name)
+            cur = currents[app.name]
             if cur and cur.record.fingerprint_sha256 in prints:
                 got.outcome, got.mzp, got.app = Outcome.ALREADY_CURRENT, partner.mzp, app.name
                 got.detail = f"serial {cur.record.serial} is already current"

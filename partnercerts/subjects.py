@@ -160,21 +160,12 @@ def compare(requested: x509.Name, requested_san: list[x509.GeneralName], cert: x
                                  f"(CSR: {_shown(_value(a))} as {_encoding(a)})")
             continue
         if oid in IDENTITY:
-            if not new:
-                identity.append(f"{name} dropped (CSR: {_shown_all(old)})")
-            elif not old:
-                identity.append(f"{name} {_shown_all(new)} added (the CSR has none)")
-            else:
-                identity.append(f"{name} {_shown_all(new)} (CSR: {_shown_all(old)})")
+            identity.append(_difference(name, old, new, added=" added (the CSR has none)"))
         elif oid == NameOID.EMAIL_ADDRESS and not new and all(normalised(v) in san_emails for v in old):
             moved.update(normalised(v) for v in old)
             notes.append(f"emailAddress moved to the SAN (email:{', email:'.join(old)})")
-        elif not new:
-            notes.append(f"{name} dropped (CSR: {_shown_all(old)})")
-        elif not old:
-            notes.append(f"{name} {_shown_all(new)} added")
         else:
-            notes.append(f"{name} {_shown_all(new)} (CSR: {_shown_all(old)})")
+            notes.append(_difference(name, old, new, added=" added"))
     order_want = [a.oid for a in requested if a.oid in got]
     order_got = [a.oid for a in cert.subject if a.oid in want]
     if _first_seen(order_want) != _first_seen(order_got):
@@ -187,6 +178,15 @@ def compare(requested: x509.Name, requested_san: list[x509.GeneralName], cert: x
     if added:
         notes.append(f"SAN added: {', '.join(added[:8])}" + (f" and {len(added) - 8} more" if len(added) > 8 else ""))
     return SubjectDecision(identity_changes=identity, differences=notes)
+
+
+def _difference(name: str, old: list[str], new: list[str], added: str) -> str:
+    """One attribute's values that differ: dropped, added, or changed (the CSR's shown beside)."""
+    if not new:
+        return f"{name} dropped (CSR: {_shown_all(old)})"
+    if not old:
+        return f"{name} {_shown_all(new)}{added}"
+    return f"{name} {_shown_all(new)} (CSR: {_shown_all(old)})"
 
 
 def _first_seen(oids: list[x509.ObjectIdentifier]) -> list[x509.ObjectIdentifier]:
