@@ -67,6 +67,9 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
         index.pending_submission = pend.submission
         index.pending_message_id = bounded(pend.message_id) if pend.submitted_at else ""
         index.pending_times_sent = str(len(pend.sent)) if pend.sent else ""
+        index.pending_sent_at = pend.sent[-1].at if pend.sent else ""
+        index.pending_reminded_at = pend.reminded_at
+        index.pending_times_reminded = str(pend.times_reminded) if pend.times_reminded else ""
         if pend.attention:
             index.pending_attention = bounded(f"{pend.attention.get('date') or '?'}: "
                                               f"{pend.attention.get('subject') or '(no subject)'}")

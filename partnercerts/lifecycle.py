@@ -17,6 +17,39 @@ class State(str, enum.Enum):
     EXPIRED = "expired"
 
 
+class Stage(str, enum.Enum):
+    """Where the CSR of a credential is in the conversation with the authority (after certmonger's
+    submit and poll states)."""
+    CREATED = "created"                  # a pending key and CSR, never sent
+    SUBMITTED = "submitted"              # sent less than a day ago
+    WAITING = "waiting"                  # sent, the authority has not answered yet
+    REMINDED = "reminded"                # still waiting past pending_reminder_days: reminders were raised
+    NEEDS_ATTENTION = "needs_attention"  # the authority answered without a certificate: a human acts
+    ISSUED = "issued"                    # no CSR pending: the last one became the current certificate
+
+
+def stage_of(index: Index | None, now: dt.datetime) -> Stage | None:
+    """The CSR's stage from the index alone; None when the credential has neither CSR nor certificate."""
+    if index is None:
+        return None
+    if not index.pending_since:
+        return Stage.ISSUED if index.serial else None
+    if not index.pending_submitted_at:
+        return Stage.CREATED
+    if index.pending_attention:
+        return Stage.NEEDS_ATTENTION
+    if index.pending_reminded_at:
+        return Stage.REMINDED
+    sent = last_sent(index)
+    return Stage.SUBMITTED if sent is None or now - sent < dt.timedelta(days=1) else Stage.WAITING
+
+
+def last_sent(index: Index) -> dt.datetime | None:
+    """When the pending CSR was last sent: its last resend, else its submission."""
+    from .store import parse_time
+    return parse_time(index.pending_sent_at or index.pending_submitted_at)
+
+
 class Action(str, enum.Enum):
     ISSUE = "issue"        # no certificate yet: new key, CSR, submit
     RENEW = "renew"        # certificate due: new key, CSR, submit

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import Conflict, IntegrityError, Remedy, UserError
@@ -94,6 +94,22 @@ class PendingKeys:
         return CsrResult(partner.mzp, application.name, rec.csr_pem,
                          partner.subject.openssl_config(rec.key_spec or application.key_spec),
                          rec.key_sha256, False, warning)
+
+    def reminded(self, mzp: str, app: str, now: dt.datetime) -> None:
+        """Record a reminder raised for the pending CSR (status shows it as `reminded`, when, how many)."""
+        for _ in range(3):
+            found = self.store.live_pending(mzp, app)
+            if found is None:
+                return
+            rec = found.record
+            try:
+                self.store.put_pending(mzp, app, replace(rec, reminded_at=iso(now),
+                                                         times_reminded=(rec.times_reminded or 0) + 1),
+                                       cas=found.version)
+            except Conflict:
+                continue  # another run changed it at the same time: read it again
+            self.index.reindex(mzp, app, now)
+            return
 
     def require(self, mzp: str, app: str) -> Versioned[Pending]:
         """The live pending record, or a UserError saying there is none."""

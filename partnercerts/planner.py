@@ -8,7 +8,7 @@ from .errors import Remedy
 from .indexer import Found, Indexer, notes_of
 from .inventory import Application, Inventory, Partner
 from .keymaker import KeyMaker
-from .lifecycle import Action, Step, days_left, plan_one, state_of
+from .lifecycle import Action, Step, days_left, last_sent, plan_one, stage_of, state_of
 from .pending import PendingKeys
 from .store import Index, Store
 
@@ -43,11 +43,25 @@ class Row:
     pending_attention: str = ""      # the authority answered the pending CSR without a certificate
     pending_message_id: str = ""
     pending_times_sent: int | None = None
+    pending_stage: str = ""          # lifecycle.Stage: created, submitted, waiting, reminded, needs_attention, issued
+    pending_submission: str = ""     # how it was sent: email, outbox
+    pending_last_sent_at: str = ""
+    pending_waiting_days: int | None = None  # days since it was last sent
+    pending_reminded_at: str = ""
+    pending_times_reminded: int | None = None
     notes: list[Note] = field(default_factory=list, compare=False)
 
     @property
     def key(self) -> str:
         return f"{self.mzp}/{self.app}"
+
+    def csr_stage(self) -> str:
+        """The CSR's stage in one short cell: `waiting(12d)`, `reminded(3x)`, `submitted`, `issued`, `-`."""
+        if self.pending_stage == "waiting" and self.pending_waiting_days is not None:
+            return f"waiting({self.pending_waiting_days}d)"
+        if self.pending_stage == "reminded" and self.pending_times_reminded:
+            return f"reminded({self.pending_times_reminded}x)"
+        return self.pending_stage or "-"
 
     def as_json(self) -> dict:
         return {"mzp": self.mzp, "app": self.app, "client_id": self.client_id or None, "state": self.state,
@@ -58,7 +72,12 @@ class Row:
                 "subject_notes": list(self.subject_notes),
                 "subject_change_accepted_by": self.subject_accepted_by or None,
                 "pending_attention": self.pending_attention or None,
-                "pending_message_id": self.pending_message_id or None, "pending_times_sent": self.pending_times_sent}
+                "pending_message_id": self.pending_message_id or None, "pending_times_sent": self.pending_times_sent,
+                "pending_stage": self.pending_stage or None, "pending_submission": self.pending_submission or None,
+                "pending_last_sent_at": self.pending_last_sent_at or None,
+                "pending_waiting_days": self.pending_waiting_days,
+                "pending_reminded_at": self.pending_reminded_at or None,
+                "pending_times_reminded": self.pending_times_reminded}
 
 
 def median_days(turnarounds: str) -> float | None:
@@ -98,13 +117,20 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
     if subject_notes:
         notes.append(Note(f"serial {index.serial}: the authority changed the subject: {'; '.join(subject_notes)}"))
     synced = bool(index.hosts_total)
+    stage = stage_of(index, now)
+    pending = bool(index.pending_since)
+    sent = last_sent(index) if pending else None
     return Row(mzp, app, index.client_id, state_of(index, now, partner.renew_before_days).value, index.serial,
                index.not_after, days_left(now, index.not_after_dt()), index.pending_since,
                int(index.hosts_in_sync or 0) if synced else None, int(index.hosts_total) if synced else None,
                index.pending_submitted_at, age, turnaround, subject_notes, index.subject_accepted_by,
                index.pending_attention if index.pending_since else "",
                index.pending_message_id if index.pending_since else "",
-               int(index.pending_times_sent) if index.pending_since and index.pending_times_sent.isdigit() else None,
+               int(index.pending_times_sent) if pending and index.pending_times_sent.isdigit() else None,
+               stage.value if stage else "", index.pending_submission if pending else "",
+               (index.pending_sent_at or index.pending_submitted_at) if pending else "",
+               (now - sent).days if sent else None, index.pending_reminded_at if pending else "",
+               int(index.pending_times_reminded) if pending and index.pending_times_reminded.isdigit() else None,
                notes)
 
 

@@ -160,6 +160,7 @@ def finish(tk: Toolkit, report: Report, now: dt.datetime, deploy_rc: int | None,
                 rows = tk.planner.rows(now, cached=cached)
         report.events.extend(_deploy_events(report, rows, deploy_rc, now))
         report.events.extend(_state_events(tk, rows, now))
+        _record_reminders(tk, report.events, now, log)
         deployed_ok = not any(e.kind.value == "deploy_failed" for e in report.events)
         ok = not report.failed and deploy_rc in (None, 0) and deployed_ok
         record = tk.store.run_record()
@@ -208,6 +209,16 @@ def _state_events(tk: Toolkit, rows: list[Row], now: dt.datetime) -> list:
                              f"{r.key}: CSR pending for {r.pending_age_days} days, no reply imported yet",
                              now, pending_age_days=r.pending_age_days, submitted_at=r.pending_submitted_at))
     return out
+
+
+def _record_reminders(tk: Toolkit, events: list, now: dt.datetime, log) -> None:
+    """Keep each reminder with its pending CSR, so status shows it `reminded` (when, how many times)."""
+    for e in events:
+        if e.kind.value == "reminder":
+            try:
+                tk.pending.reminded(e.mzp, e.app, now)
+            except Error as exc:
+                log(f"warning: {e.mzp}/{e.app}: cannot record the reminder in Vault: {exc}")
 
 
 def absorb_replies(report: Report, runs: list, now: dt.datetime) -> None:

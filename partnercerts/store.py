@@ -126,7 +126,12 @@ class Pending(_Record):
     # An emergency re-key: {"reason", "by", "at", "revoke_serial"}; the CSR goes out marked urgent, asking the
     # authority to revoke the certificate of the old key.
     rekey: dict = field(default_factory=dict)
+    # Reminders raised while it waits (every rotate past pending_reminder_days): the last one, and how many
+    # since it was last sent. Cleared by a resend.
+    reminded_at: str = ""
+    times_reminded: int | None = None
     _lists: ClassVar[tuple[str, ...]] = ("sent",)
+    _ints: ClassVar[tuple[str, ...]] = ("times_reminded",)
 
     @property
     def live(self) -> bool:
@@ -310,6 +315,9 @@ class Index:
     pending_attention: str = ""       # the authority's answer without a certificate: date and subject, bounded
     pending_message_id: str = ""      # the Message-ID the CSR was last sent with
     pending_times_sent: str = ""      # how many times it was sent (1, then each --resend)
+    pending_sent_at: str = ""         # when it was last sent (its submission, or the last --resend)
+    pending_reminded_at: str = ""     # the last reminder raised while it waits
+    pending_times_reminded: str = ""  # how many reminders since it was last sent
     current_version: str = "0"
     turnarounds: str = ""  # seconds from submission to import of the last imports, comma-separated, newest last
     hosts_total: str = ""

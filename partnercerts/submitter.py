@@ -87,7 +87,8 @@ class Submitter:
         message_id = rec.message_id if rec.message_id and not resend else submission.new_message_id(partner)
         version = pend.version
         if rec.message_id != message_id:
-            rec = replace(rec, message_id=message_id, submitting_at=iso(now), attention={})
+            rec = replace(rec, message_id=message_id, submitting_at=iso(now), attention={},
+                          reminded_at="", times_reminded=None)
             version = self.store.put_pending(mzp, app, rec, cas=version)
         msg = submission.build(partner, app, csr_pem=rec.csr_pem, key_sha256=rec.key_sha256, key_spec=rec.key_spec,
                                message_id=message_id, now=now, rekey=rec.rekey or None)

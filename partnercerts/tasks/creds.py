@@ -91,9 +91,10 @@ def status(c, json=False, mzp=None, app=None):
     if json:
         print(jsonlib.dumps([r.as_json() for r in rows], indent=2))
         return
-    header = ("mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since", "hosts")
+    header = ("mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since", "csr",
+              "hosts")
     table = [header] + [(r.mzp, r.app, r.client_id or "-", r.state, r.serial or "-", r.not_after or "-",
-                         "-" if r.days_left is None else str(r.days_left), r.pending_since or "-",
+                         "-" if r.days_left is None else str(r.days_left), r.pending_since or "-", r.csr_stage(),
                          "-" if r.hosts_total is None else f"{r.hosts_in_sync}/{r.hosts_total}") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

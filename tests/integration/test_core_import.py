@@ -50,7 +50,9 @@ def test_readme_flow_own_ca_import_status_and_history(cli, raw, own_ca, tmp_path
     assert set(fleet) == {"mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since",
                           "hosts_in_sync", "hosts_total", "pending_submitted_at", "pending_age_days",
                           "turnaround_median_days", "subject_notes", "subject_change_accepted_by",
-                          "pending_attention", "pending_message_id", "pending_times_sent"}
+                          "pending_attention", "pending_message_id", "pending_times_sent", "pending_stage",
+                          "pending_submission", "pending_last_sent_at", "pending_waiting_days",
+                          "pending_reminded_at", "pending_times_reminded"}
     # `openssl x509 -req` signs the subject verbatim: nothing to warn about.
     assert fleet["subject_notes"] == [] and fleet["subject_change_accepted_by"] is None
     assert "changed the subject" not in r.err

@@ -197,6 +197,56 @@ def test_concurrent_rotations_make_one_pending_key_each_and_all_exit_cleanly(cli
     assert len(list((tmp_path / "out").iterdir())) == 2
 
 
+def test_status_follows_the_csr_through_its_stages(cli, raw, inventory, tmp_path):
+    """created, submitted, waiting, reminded (counted, a dry run does not count), resent, issued."""
+    set_partner(inventory, submission={"method": "outbox", "dir": str(tmp_path / "outbox"), "to": "c@mpsa.example"},
+                applications=[{"name": "fleet"}], pending_reminder_days=7)
+
+    def row(day):
+        return json.loads(cli("status", "--json", env=at(day)).out)[0]
+
+    def cell(day):
+        out = cli("status", env=at(day)).out.splitlines()
+        column = out[0].index("csr")
+        return out[1][column:].split()[0]
+
+    assert row(0)["pending_stage"] is None and cell(0) == "-"
+    cli("csr", "--mzp", MZP, "--app", "fleet", "--out", str(tmp_path / "fleet.csr"), env=at(0))
+    r = row(0)
+    assert r["pending_stage"] == "created" and r["pending_submission"] is None and r["pending_waiting_days"] is None
+    cli("submit", env=at(1))
+    r = row(1.5)
+    assert (r["pending_stage"], r["pending_submission"], r["pending_times_sent"]) == ("submitted", "outbox", 1)
+    assert r["pending_last_sent_at"] == r["pending_submitted_at"] and r["pending_message_id"]
+    assert (row(4)["pending_stage"], row(4)["pending_waiting_days"], cell(4)) == ("waiting", 3, "waiting(3d)")
+    cli("rotate", "--no-deploy", "--dry-run", env=at(9))  # plans only: no reminder is raised
+    assert row(9)["pending_stage"] == "waiting"
+    for day in (9, 10):
+        cli("rotate", "--no-deploy", env=at(day))
+    r = row(10)
+    assert (r["pending_stage"], r["pending_times_reminded"], cell(10)) == ("reminded", 2, "reminded(2x)")
+    assert dt.datetime.fromisoformat(r["pending_reminded_at"]) == dt.datetime.fromisoformat(
+        at(10)["PARTNERCERTS_NOW"]).replace(microsecond=0)
+    assert raw.read(f"{CRED}/pending")["data"]["times_reminded"] == 2
+    # Sent again: the wait starts over, the reminders are cleared, the first submission is kept.
+    cli("submit", "--resend", env=at(11))
+    r = row(11)
+    assert (r["pending_stage"], r["pending_times_sent"], r["pending_times_reminded"], r["pending_reminded_at"]) == (
+        "submitted", 2, None, None)
+    assert r["pending_last_sent_at"] > r["pending_submitted_at"]
+    assert row(13)["pending_waiting_days"] == 2
+    ca = CA("Stages CA", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1), days=3650)
+    csr = x509.load_pem_x509_csr(raw.read(f"{CRED}/pending")["data"]["csr_pem"].encode())
+    cert = tmp_path / "fleet.crt"
+    cert.write_bytes(ca.issue(csr.public_key(), csr.subject, days=365).public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "ca.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    cli("import-cert", "--mzp", MZP, "--app", "fleet", "--cert", str(cert), "--ca", str(tmp_path / "ca.pem"),
+        "--client-id", "stages-client", env=at(13))
+    r = row(13)
+    assert (r["pending_stage"], r["state"], r["pending_times_sent"], r["pending_waiting_days"]) == (
+        "issued", "active", None, None)
+
+
 def test_a_year_with_a_manual_authority(cli, raw, inventory, tmp_path, webhook):
     """Issue, wait with reminders, import, lead time, renew, import again: frozen time, one credential."""
     url, received = webhook

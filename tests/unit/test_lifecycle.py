@@ -67,3 +67,27 @@ def test_plan():
     step = plan_one("MZP1", "a", idx(pending_since=d(310).isoformat(), pending_submitted_at=d(311).isoformat()),
                     d(320), 60)
     assert step.action is Action.WAIT
+
+
+def test_stage_of_a_csr_follows_the_conversation():
+    from partnercerts.lifecycle import Stage, stage_of
+    from partnercerts.store import Index
+    now = dt.datetime(2026, 12, 2, 12, tzinfo=dt.timezone.utc)
+    day = dt.timedelta(days=1)
+
+    def ago(d):
+        return (now - d * day).isoformat()
+
+    assert stage_of(None, now) is None and stage_of(Index(), now) is None
+    assert stage_of(Index(serial="01"), now) is Stage.ISSUED
+    assert stage_of(Index(serial="01", pending_since=ago(3)), now) is Stage.CREATED
+    sent = Index(pending_since=ago(3), pending_submitted_at=ago(0.5))
+    assert stage_of(sent, now) is Stage.SUBMITTED
+    sent.pending_submitted_at = ago(2)
+    assert stage_of(sent, now) is Stage.WAITING
+    sent.pending_sent_at = ago(0.2)  # resent today: submitted again
+    assert stage_of(sent, now) is Stage.SUBMITTED
+    sent.pending_reminded_at = ago(0)
+    assert stage_of(sent, now) is Stage.REMINDED
+    sent.pending_attention = "2026-12-01: Re: CSR"  # the authority's answer outranks the reminders
+    assert stage_of(sent, now) is Stage.NEEDS_ATTENTION
