@@ -9,7 +9,7 @@ import base64
 import datetime as dt
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import certs, keys
 from .errors import IntegrityError, Remedy, UserError
@@ -25,6 +25,7 @@ class Release:
     serial: str
     release_id: str
     files: dict[str, bytes]
+    withdrawn: dict = field(default_factory=dict)  # rekey --withdraw: remove it from the hosts instead (no files)
 
     def module_files(self) -> dict:
         return {name: {"content": base64.b64encode(data).decode("ascii"), "mode": MODES[name]}
@@ -78,6 +79,8 @@ def release_from_vault(store: Store, mzp: str, app: str, api_url: str) -> Releas
     if cur is None:
         raise UserError(f"{mzp}/{app}: no current certificate in Vault to deploy", remedy=Remedy.ROTATE,
                         mzp=mzp, app=app)
+    if cur.record.withdrawn:
+        return Release(serial=cur.record.serial, release_id="", files={}, withdrawn=dict(cur.record.withdrawn))
     acct = store.account(mzp)
     if acct is None or not acct.record.password:
         raise UserError(f"{mzp}: no MZP password in Vault, and API calls need it; store it",
@@ -89,6 +92,13 @@ def drift(index: Index | None, host: dict, now: dt.datetime, expiring_days: int)
     """How what a host serves from `current` differs from Vault's index; [] when in sync."""
     if index is None or not index.serial:
         return ["stale: Vault has no current certificate for this credential"]
+    if index.withdrawn_at:
+        if host.get("present") or host.get("release"):
+            return [f"withdrawn: current still points at {host.get('release') or '?'} (serial "
+                    f"{host.get('serial') or '?'}); Vault withdrew serial {index.serial} "
+                    f"on {index.withdrawn_at} (rekey --withdraw), so no certificate may be served until the new "
+                    "one is imported"]
+        return [f"mismatched: {p}" for p in host.get("problems", [])]
     if not host.get("present"):
         return ["missing: nothing deployed in current"] + [f"mismatched: {p}" for p in host.get("problems", [])]
     out = [f"mismatched: {p}" for p in host.get("problems", [])]

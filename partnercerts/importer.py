@@ -170,6 +170,10 @@ class Importer:
         if cur is None:
             raise UserError(f"{mzp}/{app}: no current certificate, so nothing to roll back from")
         target = self._rollback_target(mzp, app, cur.record, to)
+        if target.withdrawn:
+            raise UserError(f"--to {target.serial}: that certificate was withdrawn by {target.withdrawn.get('by')} "
+                            f"on {target.withdrawn.get('at')} ({target.withdrawn.get('reason')}): its key may be "
+                            "exposed and is never served again; pick another serial or import the new certificate")
         if target.serial == cur.record.serial:
             raise UserError(f"--to {to}: that certificate is already current")
         if dt.datetime.fromisoformat(target.not_after) <= now:
@@ -189,7 +193,7 @@ class Importer:
         older = []
         for serial in serials:
             rec = self.store.history(mzp, app, serial)
-            if rec and serial != cur.serial:
+            if rec and serial != cur.serial and not rec.record.withdrawn:
                 older.append((rec.record.imported_at, serial, rec.record))
         older = [o for o in older if o[0] <= cur.imported_at] or older
         if not older:

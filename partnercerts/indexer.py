@@ -60,7 +60,9 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
                       turnarounds=",".join(str(t) for t in cur.turnarounds),
                       subject_notes=notes_value(cur.subject_notes),
                       subject_accepted_by=bounded(str(cur.subject_change.get("accepted_by", ""))
-                                                  if cur.subject_change else ""))
+                                                  if cur.subject_change else ""),
+                      withdrawn_at=str(cur.withdrawn.get("at", "")) if cur.withdrawn else "",
+                      withdrawn_by=bounded(str(cur.withdrawn.get("by", ""))) if cur.withdrawn else "")
     if pend is not None:
         index.pending_since = pend.created_at
         index.pending_submitted_at = pend.submitted_at
@@ -76,8 +78,10 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
         index.key_spec = index.key_spec or pend.key_spec
     if hosts is not None:
         index.hosts_total = str(len(hosts.hosts))
+        # A withdrawn certificate is in sync on a host that serves nothing any more.
+        served = "" if index.withdrawn_at else index.fingerprint_sha256
         index.hosts_in_sync = str(sum(1 for h in hosts.hosts.values()
-                                      if h.in_sync and h.fingerprint_sha256 == index.fingerprint_sha256))
+                                      if h.in_sync and h.fingerprint_sha256 == served))
         index.hosts_checked_at = hosts.checked_at
     index.updated_at = iso(now)
     return index

@@ -38,7 +38,7 @@ DETAIL_FIELDS = frozenset({
     "submitted_at", "submission", "message_id", "turnaround_median_days",
     "hosts", "hosts_in_sync", "hosts_total", "failed_hosts", "error",
     "subject_notes", "subject_change", "subject_change_accepted_by",
-    "mailbox", "uid", "reply_subject", "reply_date", "by", "revoke_serial",
+    "mailbox", "uid", "reply_subject", "reply_date", "by", "revoke_serial", "withdrawn",
 })
 SECRET_MARKERS = ("-----BEGIN", "PRIVATE KEY")
 MAX_TEXT = 1000

@@ -49,6 +49,8 @@ class Row:
     pending_waiting_days: int | None = None  # days since it was last sent
     pending_reminded_at: str = ""
     pending_times_reminded: int | None = None
+    withdrawn_at: str = ""           # rekey --withdraw: the current certificate is removed from its hosts
+    withdrawn_by: str = ""
     notes: list[Note] = field(default_factory=list, compare=False)
 
     @property
@@ -77,7 +79,8 @@ class Row:
                 "pending_last_sent_at": self.pending_last_sent_at or None,
                 "pending_waiting_days": self.pending_waiting_days,
                 "pending_reminded_at": self.pending_reminded_at or None,
-                "pending_times_reminded": self.pending_times_reminded}
+                "pending_times_reminded": self.pending_times_reminded,
+                "withdrawn_at": self.withdrawn_at or None, "withdrawn_by": self.withdrawn_by or None}
 
 
 def median_days(turnarounds: str) -> float | None:
@@ -110,6 +113,9 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
         notes.append(Note(f"the authority answered the CSR without a certificate ({index.pending_attention}); "
                           "read its reply, then import the certificate, resend the CSR or make a new one",
                           Remedy.IMPORT_REPLY, mzp, app))
+    if index.withdrawn_at:
+        notes.append(Note(f"serial {index.serial} was withdrawn by {index.withdrawn_by} on {index.withdrawn_at} "
+                          "(rekey --withdraw): its hosts must serve no certificate until the new one is imported"))
     if index.subject_accepted_by:
         notes.append(Note(f"serial {index.serial}: an identity change in its subject was accepted by "
                           f"{index.subject_accepted_by}"))
@@ -131,7 +137,7 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
                (index.pending_sent_at or index.pending_submitted_at) if pending else "",
                (now - sent).days if sent else None, index.pending_reminded_at if pending else "",
                int(index.pending_times_reminded) if pending and index.pending_times_reminded.isdigit() else None,
-               notes)
+               index.withdrawn_at, index.withdrawn_by, notes)
 
 
 class Planner:

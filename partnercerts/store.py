@@ -187,12 +187,15 @@ class Issued(_Record):
     # Identity changes (OU, O, C) a human accepted: {"accepted_by", "accepted_at", "changes": [...]}.
     subject_change: dict = field(default_factory=dict)
     reply_message_id: str = ""   # the reply mailbox's message it was imported from (links may work only once)
+    # Withdrawn by `rekey --withdraw` (its key is suspected exposed): {"reason", "by", "at"}. Deploys remove it
+    # from the hosts instead of serving it; rollbacks refuse it; the next imported certificate replaces it.
+    withdrawn: dict = field(default_factory=dict)
     _lists: ClassVar[tuple[str, ...]] = ("turnarounds", "subject_notes")
     _ints: ClassVar[tuple[str, ...]] = ("turnaround_seconds",)
 
     def to_data(self) -> dict:
         data = super().to_data()
-        for name in ("turnarounds", "subject_notes", "subject_change", "reply_message_id"):
+        for name in ("turnarounds", "subject_notes", "subject_change", "reply_message_id", "withdrawn"):
             if not data[name]:
                 data.pop(name)
         return data
@@ -325,6 +328,8 @@ class Index:
     hosts_checked_at: str = ""
     subject_notes: str = ""           # what the authority changed in the subject: a JSON list, bounded
     subject_accepted_by: str = ""     # who accepted an identity change (OU, O, C), when one was accepted
+    withdrawn_at: str = ""            # rekey --withdraw: the current certificate is removed from its hosts
+    withdrawn_by: str = ""
     updated_at: str = ""
 
     @classmethod
@@ -517,9 +522,10 @@ class Store(KV):
     def history_serials(self, mzp: str, app: str) -> list[str]:
         return self.list(f"{self.credential_path(mzp, app)}/history")
 
-    def put_history(self, mzp: str, app: str, record: Issued) -> int:
-        """Write-once: raises Conflict when the serial is already in the history."""
-        return self._put(self.history_path(mzp, app, record.serial), record, cas=0)
+    def put_history(self, mzp: str, app: str, record: Issued, cas: int = 0) -> int:
+        """Write-once by default: raises Conflict when the serial is already in the history (a new version
+        of an entry, e.g. marked withdrawn, needs the version it replaces as `cas`)."""
+        return self._put(self.history_path(mzp, app, record.serial), record, cas=cas)
 
     def hosts(self, mzp: str, app: str) -> Versioned[Hosts] | None:
         return self._get(self.hosts_path(mzp, app), Hosts)

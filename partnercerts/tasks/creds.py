@@ -300,19 +300,60 @@ def mailbox_password(c, mzp):
 
 
 @task(help={"mzp": MZP_HELP, "app": APP_HELP,
-            "reason": "why the key is replaced (kept in Vault, sent to the authority and notified)"})
+            "reason": "why the key is replaced (kept in Vault, sent to the authority and notified)",
+            "withdraw": "also remove the current certificate from the hosts now: the service has NO credential "
+                        "until the new certificate is imported",
+            "yes": "with --withdraw: do not ask for confirmation"})
 @reports_errors
-def rekey(c, mzp, app, reason=None):
+def rekey(c, mzp, app, reason=None, withdraw=False, yes=False):
     """Emergency re-key: a new key and CSR now, submitted urgent with a request to revoke the old certificate."""
     from .. import rotation
+    from ..importer import require_current
+    from ..rekey import check_reason
     from ..rekey import rekey as do_rekey
+    from ._ansible import checkout
     tk = toolkit()
     when = now()
-    done = do_rekey(tk, mzp, app, reason or "", when)
+    if withdraw:
+        check_reason(reason)
+        checkout(tk.settings)  # the deploy that removes it needs the playbooks: refuse before changing Vault
+        serial = require_current(tk.inventory, tk.store, mzp, app).serial
+        _confirm_withdrawal(mzp, app, serial, yes)
+    done = do_rekey(tk, mzp, app, reason or "", when, withdraw=withdraw)
+    sent = (done.submitted.describe() if done.submit_error is None
+            else f"NOT submitted ({done.submit_error.worded(HINTS)}); the next rotate submits it")
     line = (f"{mzp}/{app}: re-keyed by {done.by} ({done.reason}): new key SHA-256 {done.made.key_sha256}; "
-            f"{done.submitted.describe()}; the authority is asked to revoke serial {done.revoke_serial}")
+            f"{sent}; the authority is asked to revoke serial {done.revoke_serial}")
     print(line)
-    print(f"{mzp}/{app}: serial {done.revoke_serial} stays current and deployed until the new certificate is "
-          "imported")
-    rotation.notify(tk, [rotation.event("rekey", mzp, app, line, when, reason=done.reason, by=done.by,
-                                        revoke_serial=done.revoke_serial)], info)
+    rc = None
+    if withdraw:
+        print(f"{mzp}/{app}: serial {done.revoke_serial} is withdrawn in Vault; removing it from the hosts now: the "
+              "service has no credential until the new certificate is imported")
+        rc = playbook("deploy.yml", tk.settings, extra={"partnercerts_deploy_only": [f"{mzp}/{app}"]})
+    else:
+        print(f"{mzp}/{app}: serial {done.revoke_serial} stays current and deployed until the new certificate is "
+              "imported")
+    details = {"reason": done.reason, "by": done.by, "revoke_serial": done.revoke_serial}
+    if withdraw:
+        details["withdrawn"] = "yes" if rc == 0 else "in Vault; not yet removed from every host"
+    rotation.notify(tk, [rotation.event("rekey", mzp, app, line, when, **details)], info)
+    if done.submit_error is not None:
+        raise Exit(f"error: {mzp}/{app}: the new CSR was made but not submitted; see above", code=1)
+    if rc:
+        raise Exit(f"error: {mzp}/{app}: removing serial {done.revoke_serial} failed on some hosts "
+                   f"(ansible-playbook exit {rc}); they may still serve it; every deploy retries "
+                   f"(scripts/inv deploy --only {mzp}/{app})", code=rc)
+
+
+def _confirm_withdrawal(mzp: str, app: str, serial: str, yes: bool) -> None:
+    """--withdraw leaves the service without a credential: ask, unless --yes; never assume without a terminal."""
+    if yes:
+        return
+    question = (f"{mzp}/{app}: --withdraw removes serial {serial} from every host now, and the service has NO "
+                "credential until the new certificate is imported. Type the credential's name "
+                f"({mzp}/{app}) to go on: ")
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise UserError(f"--withdraw: the service of {mzp}/{app} would have no credential until the new "
+                        "certificate is imported; confirm with --yes (no terminal to ask on); nothing was changed")
+    if input(question).strip() != f"{mzp}/{app}":
+        raise UserError("--withdraw not confirmed; nothing was changed")

@@ -37,7 +37,9 @@ class ActionModule(ActionBase):
                                           task_vars=task_vars)
             module.pop("invocation", None)
             facts = None
-            if verify and mzp and app and not module.get("failed"):
+            if release is not None and release.withdrawn and not module.get("failed"):
+                facts = {"present": bool(module.get("present")), "problems": []}  # what current holds now
+            elif verify and mzp and app and not module.get("failed"):
                 facts = module
             elif release is not None and not module.get("failed") and not module.get("changed") \
                     and not self._task.check_mode:

@@ -48,11 +48,15 @@ options:
       - V(rollback) points C(current) back at the release O(to).
       - V(inspect) reports what C(current) holds and compares it with Vault (read-only); drift fails the task.
       - V(smoke) calls the API at O(url) with the deployed credential (mutual TLS, C(client_id), Basic auth).
+      - V(withdrawn) removes C(current) and deletes every release of the certificate O(serial) (its key may be
+        exposed); the role then reloads the service, which has no credential until the next release. The action
+        plugin chooses it by itself with V(present) when Vault marks the current certificate withdrawn
+        (C(partnercerts rekey --withdraw)).
       - V(activated) records that the service was reloaded on C(current) (clears the reload-pending mark a
         switch leaves, so a deploy interrupted between its switch and its reload reloads on the next run),
         then reports what C(current) holds, as V(inspect) does; with O(verify), compared with Vault.
     type: str
-    choices: [present, rollback, inspect, smoke, activated]
+    choices: [present, rollback, inspect, smoke, activated, withdrawn]
     default: present
   api_url:
     description:
@@ -96,8 +100,8 @@ options:
     type: str
   serial:
     description:
-      - Set by the action plugin with O(state=present) (the certificate serial; names the release directory);
-        do not set it.
+      - Set by the action plugin with O(state=present) (the certificate serial; names the release directory),
+        and with O(state=withdrawn) (the serial whose releases are deleted); do not set it.
     type: str
   files:
     description:
@@ -180,10 +184,14 @@ staged:
   returned: with present
   type: bool
 removed:
-  description: Old releases removed beyond O(keep).
-  returned: with present
+  description: Old releases removed beyond O(keep); with O(state=withdrawn), the releases of the withdrawn serial.
+  returned: with present and withdrawn
   type: list
   elements: str
+withdrawn:
+  description: The credential's current certificate is withdrawn in Vault, so C(current) was removed from the host.
+  returned: with withdrawn (also chosen by the action plugin for present)
+  type: bool
 present:
   description: Whether C(current) points at a release with a manifest.
   returned: with inspect and activated
@@ -277,6 +285,7 @@ MANIFEST = ".manifest.json"
 # on it: a deploy that dies in between leaves it, and the next deploy reloads instead of "no change".
 RELOAD_PENDING = ".reload-pending"
 NAMES = ("client.crt", "client.key", "ca.crt", "client.p12", "client.env")
+WITHDRAWN_MARK = "-withdrawn"  # the reload-pending mark of a withdrawal (never a release name: SAFE_NAME)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -615,12 +624,35 @@ def rollback(module, p):
             "diff": {"before": "current: %s\n" % (before or "(none)"), "after": "current: %s\n" % (to or "(none)")}}
 
 
+def withdrawn(module, p):
+    """Remove current and every release of the withdrawn serial; leave the reload-pending mark until the service
+    was reloaded without them (state=activated clears it)."""
+    dest, serial = p["dest"], p["serial"] or ""
+    if not SAFE_NAME.match(serial):
+        module.fail_json(msg="serial is required with state=withdrawn")
+    releases = os.path.join(dest, "releases")
+    before = current_target(dest) if os.path.isdir(dest) else None
+    doomed = sorted(n for n in (os.listdir(releases) if os.path.isdir(releases) else [])
+                    if n == serial or n.startswith(serial + "-"))
+    pending = reload_pending(dest) == WITHDRAWN_MARK
+    changed = bool(before or doomed or pending)
+    if changed and not module.check_mode:
+        mark_reload_pending(dest, WITHDRAWN_MARK)  # first: a crash after the removal still reloads next time
+        switch(dest, "")
+        for name in doomed:
+            shutil.rmtree(os.path.join(releases, name))
+        fsync_dir(releases) if doomed else None
+    return {"changed": changed, "present": False, "release": None,
+            "previous": before, "removed": doomed, "withdrawn": True,
+            "diff": {"before": "current: %s\n" % (before or "(none)"), "after": "current: (none, withdrawn)\n"}}
+
+
 def activated(module, p):
     """The service was reloaded on current: clear the mark its switch left, then report what current
     holds as inspect does (the deploy verifies it in the same round trip)."""
     dest = p["dest"]
     name = current_target(dest) if os.path.isdir(dest) else None
-    changed = bool(name) and reload_pending(dest) == name
+    changed = reload_pending(dest) == (name or WITHDRAWN_MARK)
     if changed and not module.check_mode:
         os.unlink(os.path.join(dest, RELOAD_PENDING))
         fsync_dir(dest)
@@ -638,6 +670,9 @@ def inspect(module, p):
         out["problems"].append(str(exc))
         return out
     if not name:
+        if reload_pending(dest) == WITHDRAWN_MARK:
+            out["problems"].append("the withdrawn certificate was removed but the service was not reloaded since "
+                                   "(an interrupted deploy); the next deploy reloads it")
         return out
     out["release"] = name
     if reload_pending(dest) == name:
@@ -705,7 +740,7 @@ def main():
         argument_spec=dict(
             dest=dict(type="path", required=True),
             state=dict(type="str", default="present",
-                       choices=["present", "rollback", "inspect", "smoke", "activated"]),
+                       choices=["present", "rollback", "inspect", "smoke", "activated", "withdrawn"]),
             release_id=dict(type="str"),
             serial=dict(type="str"),
             files=dict(type="dict", no_log=True),
@@ -737,6 +772,8 @@ def main():
             result = smoke(module, p)
         elif p["state"] == "activated":
             result = activated(module, p)
+        elif p["state"] == "withdrawn":
+            result = withdrawn(module, p)
         else:
             result = inspect(module, p)
     except Refused as exc:

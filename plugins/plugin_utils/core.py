@@ -100,6 +100,8 @@ def default_api_url():
 def release_from_vault(mzp, app, api_url):
     """(module arguments for state=present, the release itself) for Vault's current record."""
     release = deploy.release_from_vault(store(), mzp, app, api_url)
+    if release.withdrawn:  # rekey --withdraw: remove it from the host instead
+        return dict(state="withdrawn", serial=release.serial), release
     return dict(serial=release.serial, release_id=release.release_id, files=release.module_files()), release
 
 

@@ -52,7 +52,7 @@ def test_readme_flow_own_ca_import_status_and_history(cli, raw, own_ca, tmp_path
                           "turnaround_median_days", "subject_notes", "subject_change_accepted_by",
                           "pending_attention", "pending_message_id", "pending_times_sent", "pending_stage",
                           "pending_submission", "pending_last_sent_at", "pending_waiting_days",
-                          "pending_reminded_at", "pending_times_reminded"}
+                          "pending_reminded_at", "pending_times_reminded", "withdrawn_at", "withdrawn_by"}
     # `openssl x509 -req` signs the subject verbatim: nothing to warn about.
     assert fleet["subject_notes"] == [] and fleet["subject_change_accepted_by"] is None
     assert "changed the subject" not in r.err

@@ -299,3 +299,71 @@ def test_no_secret_in_ansible_output_even_at_vvv_nor_on_the_control_node(fleet, 
     found = subprocess.run(["grep", "-rlI", "-e", "PRIVATE KEY", "-e", key_body, env["HOME"], str(tmp_path)],
                            capture_output=True, text=True)
     assert found.stdout == ""
+
+
+def test_rekey_withdraw_removes_the_exposed_credential_from_every_host_until_the_new_one_is_imported(
+        fleet, raw, cli, inventory, tmp_path):
+    from tests.integration.test_rotation_prod import set_partner
+    cli("rotate")  # the sandbox authority signs at once; deployed to the three hosts
+    fleet.learn_secrets()
+    old = fleet.vault_serial()
+    old_key = raw.read(f"{CRED}/current")["data"]["key_pem"]
+    assert all(fleet.serial(h) == old for h in fleet.names)
+    set_partner(inventory, submission={"method": "outbox", "dir": str(tmp_path / "outbox"), "to": "pki@mpsa.example"})
+    reason = "backup tape with the key lost"
+
+    # Without a terminal and without --yes: asked for nothing, refused, nothing changed anywhere.
+    before = raw.snapshot()
+    refused = cli("rekey", "--mzp", MZP, "--app", APP, "--reason", reason, "--withdraw", ok=False)
+    assert refused.rc == 2 and "confirm with --yes" in refused.err and "nothing was changed" in refused.err
+    assert raw.snapshot() == before and all(fleet.serial(h) == old for h in fleet.names)
+
+    r = cli("rekey", "--mzp", MZP, "--app", APP, "--reason", reason, "--withdraw", "--yes")
+    assert f"serial {old} is withdrawn in Vault; removing it from the hosts now: the service has no credential" \
+        in r.out, r.text
+    for h in fleet.names:
+        assert fleet.sh(h, "test", "-e", f"{fleet.dest}/current").returncode != 0  # the service has nothing
+        assert fleet.sh(h, "test", "-e", f"{fleet.dest}/.reload-pending").returncode != 0  # and was reloaded
+        assert fleet.sh(h, "cat", f"{fleet.root}/reloads").stdout.count("reload") == 2
+        left = fleet.sh(h, "find", fleet.dest, "-type", "f").stdout.split()
+        assert not [p for p in left if f"/releases/{old}" in p], left  # the exposed key's files are gone
+        for path in left:  # and no copy of it anywhere under the credential's directory
+            assert old_key.strip() not in fleet.sh(h, "cat", path).stdout, path
+    cur = raw.read(f"{CRED}/current")["data"]
+    assert cur["serial"] == old and cur["withdrawn"]["reason"] == reason and cur["withdrawn"]["by"]
+    assert raw.read(f"{CRED}/history/{old}")["data"]["withdrawn"]["reason"] == reason
+    assert raw.read(f"{CRED}/pending")["data"]["rekey"]["revoke_serial"] == old
+    row = json.loads(cli("status", "--json").out)[0]
+    assert row["withdrawn_at"] and row["withdrawn_by"] == cur["withdrawn"]["by"]
+    assert (row["state"], row["pending_stage"], row["hosts_in_sync"], row["hosts_total"]) == ("pending", "submitted",
+                                                                                           3, 3)
+    assert f"serial {old} was withdrawn by" in cli("status").err
+    # Nothing puts it back: verify agrees the hosts serve nothing, a deploy or a rotate changes nothing,
+    # a rollback to it is refused.
+    cli("verify")
+    again = cli("deploy")
+    assert all(v["changed"] == "0" and v["failed"] == "0" for v in recap(again.out).values()), again.out
+    cli("rotate")
+    assert all(fleet.serial(h) is None for h in fleet.names)
+    assert all(fleet.sh(h, "cat", f"{fleet.root}/reloads").stdout.count("reload") == 2 for h in fleet.names)
+    back = cli("rollback", "--mzp", MZP, "--app", APP, "--to", old, ok=False)
+    assert back.rc == 2 and f"--to {old}: that certificate was withdrawn by" in back.err
+    # A host that came back with the old release (restored from a backup) is drift, and the next deploy removes it.
+    restored = fleet.names[0]
+    fleet.sh(restored, "sh", "-c", f"mkdir -p {fleet.dest}/releases/{old} && cp /etc/hostname "
+             f"{fleet.dest}/releases/{old}/client.crt && ln -s releases/{old} {fleet.dest}/current")
+    drift = cli("verify", ok=False)
+    assert drift.rc != 0 and f"withdrawn: current still points at {old}" in drift.text, drift.text
+    cli("deploy")
+    assert fleet.sh(restored, "test", "-e", f"{fleet.dest}/current").returncode != 0
+    assert fleet.sh(restored, "test", "-e", f"{fleet.dest}/releases/{old}").returncode != 0
+
+    # The authority signs the new key: imported, the withdrawal mark goes with the old certificate, deployed.
+    set_partner(inventory, submission="sandbox")
+    cli("submit", "--mzp", MZP, "--app", APP)
+    new = fleet.vault_serial()
+    assert new != old and "withdrawn" not in raw.read(f"{CRED}/current")["data"]
+    fleet.learn_secrets()
+    cli("rotate")
+    assert all(fleet.serial(h) == new for h in fleet.names)
+    assert json.loads(cli("status", "--json").out)[0]["withdrawn_at"] is None
