@@ -59,6 +59,7 @@ class Report:
     applied: list[Applied] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)    # "MZP/app" whose Vault records changed
+    imported: list[str] = field(default_factory=list)   # "MZP/app" whose current certificate changed
     deploy: list[str] = field(default_factory=list)     # "MZP/app" to deploy now
     events: list = field(default_factory=list)          # notify.Event
     held: Held | None = None                            # set when another run holds the lock
@@ -121,7 +122,8 @@ def start(tk: Toolkit, now: dt.datetime, *, mzp: str | None = None, app: str | N
         absorb_replies(report, report.replies, now)
     report.steps = tk.planner.plan(now, mzp, app)
     if dry_run:
-        report.deploy = [_key(s) for s in report.steps if s in report.todo or (deploy and s.hosts_behind)]
+        report.deploy = [_key(s) for s in report.steps if deploy and (
+            s.hosts_behind or _key(s) in report.imported or (s in report.todo and _imports_at_once(tk, s)))]
         return report
     for step in report.todo:
         try:
@@ -133,14 +135,25 @@ def start(tk: Toolkit, now: dt.datetime, *, mzp: str | None = None, app: str | N
         report.changed.append(done.key)
         line = f"{done.key}: {done.describe()}"
         if done.submitted.outcome is Outcome.IMPORTED and done.submitted.imported is not None:
+            report.imported.append(done.key)
             report.events.append(imported_event(done.submitted.imported, line, now))
         elif done.submitted.outcome is Outcome.SENT:
             report.events.append(event("csr_submitted", step.mzp, step.app, line, now))
     if deploy:
+        # Only a new current certificate, or hosts behind, needs the hosts: a renewal that sent a CSR to a
+        # manual authority leaves them as they are.
         failed = {f.key for f in report.failed}
         report.deploy = [_key(s) for s in report.steps
-                         if _key(s) not in failed and (_key(s) in report.changed or s.hosts_behind)]
+                         if _key(s) not in failed and (_key(s) in report.imported or s.hosts_behind)]
     return report
+
+
+def _imports_at_once(tk: Toolkit, step: Step) -> bool:
+    """Whether the partner's authority signs while we wait (the sandbox), so the step changes the certificate."""
+    try:
+        return not tk.submitter.transport(tk.inventory.partner(step.mzp)).sends_message
+    except Error:
+        return False
 
 
 def finish(tk: Toolkit, report: Report, now: dt.datetime, deploy_rc: int | None,
@@ -232,9 +245,12 @@ def absorb_replies(report: Report, runs: list, now: dt.datetime) -> None:
             details = {"mailbox": run.server, "uid": handled.uid, "reply_subject": handled.subject,
                        "reply_date": handled.date, "reason": handled.detail}
             if handled.outcome is Outcome.IMPORTED and handled.imported is not None:
-                if handled.key not in report.changed:
-                    report.changed.append(handled.key)
+                for keys in (report.changed, report.imported):
+                    if handled.key not in keys:
+                        keys.append(handled.key)
                 report.events.append(imported_event(handled.imported, line, now))
+            elif handled.outcome is Outcome.WOULD_IMPORT and handled.key not in report.imported:
+                report.imported.append(handled.key)  # a dry run: it would be deployed too
             elif handled.outcome is Outcome.REFUSED:
                 report.events.append(event("reply_refused", handled.mzp or run.mzp, handled.app, line, now,
                                            **details))
