@@ -68,3 +68,58 @@ def test_rekey_without_a_current_certificate_says_so_and_changes_nothing(cli, ra
     before = raw.snapshot()
     r = cli("rekey", "--mzp", MZP, "--app", "fleet", "--reason", "test", ok=False)
     assert r.rc == 2 and "no current certificate yet" in r.err and raw.snapshot() == before
+
+
+def _on_a_terminal(cli, args, typed: str):
+    """Run a task with stdin, stdout and stderr on a pseudo-terminal, typing `typed` at its prompt."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, Result
+    leader, follower = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args], env=cli.env,
+                         cwd=cli.cwd, stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    out, sent, deadline = b"", False, time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not sent and b"to go on: " in out:
+            os.write(leader, typed.encode() + b"\n")
+            sent = True
+    os.close(leader)
+    r = Result(p.wait(timeout=60), out.decode(errors="replace"), "")
+    cli.assert_clean(r)
+    return r, sent
+
+
+def test_rekey_withdraw_asks_on_a_terminal_and_a_wrong_answer_changes_nothing(cli, raw, inventory, tmp_path):
+    set_partner(inventory, submission={"method": "outbox", "dir": str(tmp_path / "outbox"), "to": "pki@mpsa.example"},
+                applications=[{"name": "fleet"}])
+    ca = CA("Withdraw Prompt CA", now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
+    request = x509.load_pem_x509_csr(csr_pem(cli("csr", "--mzp", MZP, "--app", "fleet").out).encode())
+    (tmp_path / "leaf.pem").write_bytes(ca.issue(request.public_key(), request.subject,
+                                                 now=dt.datetime.now(dt.timezone.utc))
+                                        .public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "ca.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    cli("import-cert", "--mzp", MZP, "--app", "fleet", "--cert", str(tmp_path / "leaf.pem"), "--ca",
+        str(tmp_path / "ca.pem"), "--client-id", "cid-prompt")
+    serial = raw.read(f"{CRED}/current")["data"]["serial"]
+    args = ("rekey", "--mzp", MZP, "--app", "fleet", "--reason", "key pasted in a chat", "--withdraw")
+    before = raw.snapshot()
+    r, asked = _on_a_terminal(cli, args, "yes")
+    assert asked and f"removes serial {serial} from every host now, and the service has NO credential" in r.out
+    assert r.rc == 2 and "--withdraw not confirmed; nothing was changed" in r.out, r.out
+    assert raw.snapshot() == before and not (tmp_path / "outbox").exists()
+    r, asked = _on_a_terminal(cli, args, f"{MZP}/fleet")
+    assert asked and f"serial {serial} is withdrawn in Vault; removing it from the hosts now" in r.out, r.out
+    assert raw.read(f"{CRED}/current")["data"]["withdrawn"]["reason"] == "key pasted in a chat"
+    assert raw.read(f"{CRED}/pending")["data"]["rekey"]["revoke_serial"] == serial
