@@ -16,7 +16,9 @@ description:
     to the authority, import of what the sandbox authority signs). It returns what to deploy; a deploy
     play (M(partnercerts.psa.release) through the C(partnercerts_deploy) role) follows.
   - I(state=finish), given the C(run) that I(state=start) returned, records the run, sends the
-    notifications, writes the metrics and releases the lock.
+    notifications, writes the metrics and releases the lock; then it fails, naming them, if a credential
+    failed at I(state=start) or a host failed in between. A credential that fails does not fail
+    I(state=start) (a warning names it), so that the others are deployed and the run always finishes.
   - If another run holds the lock, I(state=start) changes nothing and says who holds it.
 version_added: 0.1.0
 author: partnercerts contributors (!UNKNOWN)  # no GitHub handle yet
@@ -58,6 +60,15 @@ options:
     description:
       - With V(finish), the RV(run) that V(start) returned (no secrets in it).
     type: dict
+  deploy_failures:
+    description:
+      - With V(finish), the failures of the deploy play between V(start) and V(finish), one string per failure
+        naming the host, the credential and why (C(playbooks/rotate.yml) gathers the
+        C(partnercerts_deploy_failures) its hosts kept). They are
+        recorded and notified with the run, and V(finish) then fails naming them.
+    type: list
+    elements: str
+    default: []
 seealso:
   - module: partnercerts.psa.release
   - module: partnercerts.psa.hosts_report
@@ -111,8 +122,10 @@ replies:
   type: list
   elements: str
 failed_credentials:
-  description: "Credentials whose step failed, each C(MZP/app: why); the task fails when it is not empty."
-  returned: with state=start, unless another run holds the lock
+  description: >-
+    Credentials whose step failed, each C(MZP/app: why). V(start) warns about them and goes on; V(finish)
+    (which returns them too) fails when it is not empty.
+  returned: with state=start unless another run holds the lock, and with state=finish
   type: list
   elements: str
 run:
@@ -125,6 +138,11 @@ held:
   type: dict
 events:
   description: The events of the run that were notified (certificate imported, deployed, deploy failed, ...).
+  returned: with state=finish
+  type: list
+  elements: str
+deploy_failures:
+  description: The deploy failures O(deploy_failures) gave; V(finish) fails when it is not empty.
   returned: with state=finish
   type: list
   elements: str

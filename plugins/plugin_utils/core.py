@@ -133,37 +133,48 @@ def record_hosts(mzp, app, reports, all_hosts):
 
 # -- rotation ------------------------------------------------------------------------------------
 def rotation_start(mzp, app, dry_run, owner_pid):
-    """(result fields, failed message or None) of one rotation run's start."""
+    """The result fields of one rotation run's start. A credential that failed does not fail the task: it is
+    in failed_credentials, and the finish step (after the deploy of the others) fails the run naming it."""
     with user_errors():
         report = rotation.start(toolkit(), now(), mzp=mzp, app=app, dry_run=dry_run,
                                 entry="playbooks/rotate.yml", owner_pid=owner_pid)
     if report.held:
         return dict(changed=False, held=dataclasses.asdict(report.held), deploy=[],
                     msg="another rotation holds the lock: %s, since %s; nothing done"
-                        % (report.held.holder, report.held.acquired_at)), None
+                        % (report.held.holder, report.held.acquired_at))
     out = dict(changed=bool(report.changed), run=_dump(report), deploy=report.deploy,
                plan=["%s/%s: %s (%s)" % (s.mzp, s.app, s.action.value, s.reason) for s in report.steps],
                applied=["%s: %s" % (a.key, a.describe()) for a in report.applied],
                replies=[h.line(r.server) for r in report.replies for h in r.handled],
                failed_credentials=["%s: %s" % (f.key, f.error.worded(HINTS)) for f in report.failed])
-    failed = out["failed_credentials"]
-    return out, ("rotation failed for " + "; ".join(failed)) if failed else None
+    return out
 
 
-def rotation_finish(run, log):
-    """Record the run, notify, write metrics, release the lock; None when there is no run to finish."""
+def rotation_finish(run, log, deploy_failures=()):
+    """Record the run, notify, write metrics, release the lock; None when there is no run to finish.
+    deploy_failures: "host: MZP/app: why" of the deploy play, whose hosts do not fail under rotate.yml
+    so that this always runs. Returns the result and the failed message (every failure) or None."""
+    deploy_failures = [str(f) for f in deploy_failures or []]
     with user_errors():
         report = _load(run)
         if not report.lock_token:
-            return None
-        failures = rotation.finish(toolkit(), report, now(), None, log=log)
-    return dict(changed=False, events=[e.message for e in report.events], notify_failures=failures)
+            return None, None
+        failures = rotation.finish(toolkit(), report, now(), 2 if deploy_failures else 0, log=log)
+    out = dict(changed=False, events=[e.message for e in report.events], notify_failures=failures,
+               failed_credentials=["%s: %s" % (f.key, f.error) for f in report.failed],
+               deploy_failures=deploy_failures)
+    lines = ["rotation failed for %s" % line for line in out["failed_credentials"]]
+    lines += ["deploy failed on %s" % line for line in deploy_failures]
+    if lines:
+        lines.append("the run was recorded, notified and its lock released; the others were done; the next run "
+                     "retries these")
+    return out, ("; ".join(lines) if lines else None)
 
 
 def _dump(report):
     """The parts of a report that finish needs, as plain data (no secrets)."""
     return {"lock_token": report.lock_token, "changed": report.changed, "deploy": report.deploy,
-            "failed": [f.key for f in report.failed],
+            "failed": [[f.key, f.error.worded(HINTS)] for f in report.failed],
             "steps": [[s.mzp, s.app, s.action.value, s.reason, s.hosts_behind] for s in report.steps],
             "events": [[e.kind.value, e.mzp, e.app, e.message, e.details, e.at.isoformat()] for e in report.events]}
 
@@ -171,8 +182,9 @@ def _dump(report):
 def _load(data):
     report = rotation.Report(lock_token=data.get("lock_token", ""), changed=list(data.get("changed", [])),
                              deploy=list(data.get("deploy", [])),
-                             failed=[rotation.Failure(str(k), Error("failed in the start play"))
-                                     for k in data.get("failed", [])])
+                             failed=[rotation.Failure(str(k), Error(str(why)))
+                                     for k, why in (f if isinstance(f, list) else [f, "failed in the start play"]
+                                                    for f in data.get("failed", []))])
     report.steps = [Step(m, a, Action(act), r, bool(b)) for m, a, act, r, b in data.get("steps", [])]
     report.events = [Event(kind=Kind(k), mzp=m, app=a, message=msg, details=d, at=dt.datetime.fromisoformat(at))
                      for k, m, a, msg, d, at in data.get("events", [])]
