@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, Cli, free_port
+from tests.conftest import ROOT, Cli, Result, free_port
 
 
 @pytest.fixture
@@ -90,6 +90,28 @@ def test_fresh_clone_rotate_deploys_to_both_local_hosts_with_a_smoke_call(env, t
         again = cli("rotate")
         assert "nothing to do" in again.out and "PLAY" not in again.out
         assert "failed=0" in cli("verify").out
+        # The README's standalone playbook commands, as written, from the checkout.
+        for argv in (["playbooks/deploy.yml", "--check", "--diff"], ["playbooks/verify.yml"], ["playbooks/rotate.yml"]):
+            p = subprocess.run([".venv/bin/ansible-playbook", "-i", "inventories/local", *argv], cwd=ROOT, env=e,
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0 and "failed=0" in p.stdout, argv + [p.stdout[-3000:], p.stderr[-2000:]]
+            cli.assert_clean(Result(p.returncode, p.stdout, p.stderr))
     finally:
         cli("sandbox.down", ok=False)
         cli("vault.down", ok=False)
+
+
+def test_the_local_inventory_puts_the_hosts_files_in_the_checkouts_state_dir(tmp_path):
+    """Without PARTNERCERTS_STATE_DIR the local hosts' files go to <checkout>/.state, as the core's state, by a
+    normalised path (the release module refuses '..'), whichever directory ansible is run from."""
+    e = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PARTNERCERTS_")}
+    e["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    for cwd, inventory in ((ROOT, "inventories/local"), (tmp_path, str(ROOT / "inventories" / ".." / "inventories"
+                                                                           / "local"))):
+        p = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "-i", inventory, "local-b", "-m", "debug",
+                            "-a", "msg={{ partnercerts_deploy_credentials | map(attribute='dest') | join(',') }}"],
+                           cwd=cwd, env=e, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        dests = json.loads(p.stdout.split("=>", 1)[1])["msg"].split(",")
+        assert dests == [f"{ROOT}/.state/hosts/local-b/MZP123456-fleet",
+                         f"{ROOT}/.state/hosts/local-b/MZP123456-telematics"], dests
