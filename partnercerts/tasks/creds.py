@@ -327,8 +327,12 @@ def rekey(c, mzp, app, reason=None, withdraw=False, yes=False):
     print(line)
     rc = None
     if withdraw:
-        print(f"{mzp}/{app}: serial {done.revoke_serial} is withdrawn in Vault; removing it from the hosts now: the "
-              "service has no credential until the new certificate is imported")
+        if done.submitted.imported is not None:  # an authority that signs at once (the sandbox)
+            print(f"{mzp}/{app}: serial {done.revoke_serial} is withdrawn; the new certificate (serial "
+                  f"{done.submitted.imported.serial}) is already imported: deploying it in its place")
+        else:
+            print(f"{mzp}/{app}: serial {done.revoke_serial} is withdrawn in Vault; removing it from the hosts now: "
+                  "the service has no credential until the new certificate is imported")
         rc = playbook("deploy.yml", tk.settings, extra={"partnercerts_deploy_only": [f"{mzp}/{app}"]})
     else:
         print(f"{mzp}/{app}: serial {done.revoke_serial} stays current and deployed until the new certificate is "

@@ -123,3 +123,13 @@ def test_rekey_withdraw_asks_on_a_terminal_and_a_wrong_answer_changes_nothing(cl
     assert asked and f"serial {serial} is withdrawn in Vault; removing it from the hosts now" in r.out, r.out
     assert raw.read(f"{CRED}/current")["data"]["withdrawn"]["reason"] == "key pasted in a chat"
     assert raw.read(f"{CRED}/pending")["data"]["rekey"]["revoke_serial"] == serial
+
+
+def test_rekey_withdraw_with_an_authority_that_signs_at_once_deploys_the_new_certificate(cli, raw):
+    cli("rotate")  # the sandbox authority signs at once
+    old = raw.read(f"{CRED}/current")["data"]["serial"]
+    r = cli("rekey", "--mzp", MZP, "--app", "fleet", "--reason", "drill", "--withdraw", "--yes")
+    new = raw.read(f"{CRED}/current")["data"]
+    assert new["serial"] != old and "withdrawn" not in new
+    assert f"serial {old} is withdrawn; the new certificate (serial {new['serial']}) is already imported" in r.out
+    assert raw.read(f"{CRED}/history/{old}")["data"]["withdrawn"]["reason"] == "drill"
