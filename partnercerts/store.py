@@ -36,10 +36,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import hvac
 
-from .errors import Conflict, NotSetUp, Remedy
+from .errors import Conflict, NotSetUp
 from .keepalive import DELEGATE, KeepAliveReader
 from .settings import Settings
-from .vault import translated
+from .vault import Asked, missing_mount, translated
 
 # KV v2 prunes versions past max_versions (mount default 10); keep far more so no key version is destroyed.
 MAX_VERSIONS = 1000
@@ -378,11 +378,18 @@ class KV:
         return self._adapter_call(method, url, **kw)
 
     def _adapter_call(self, method: str, url: str, **kw):
-        with translated(self.addr, f"{method.upper()} {url.removeprefix('/v1/')}"):
+        with translated(self.addr, f"{method.upper()} {url.removeprefix('/v1/')}", client=self.client,
+                        asked=self._asked(method, url, kw.get("json"))):
             try:
                 return getattr(self.client.adapter, method)(url, **kw)
             except hvac.exceptions.InvalidPath:
                 return None
+
+    def _asked(self, method: str, url: str, params=None, cas: int | None = None) -> Asked:
+        """What a request needs of the token's policy (`params`: the body's keys), for the message should Vault
+        refuse it."""
+        capability = {"get": "read", "list": "list"}.get(method) or ("create" if cas == 0 else "update")
+        return Asked(capability, url.removeprefix("/v1/"), self.mount, self.prefix, tuple(params or ()))
 
     def who(self) -> str:
         """Who is acting, for records a human's decision goes into: the control node's user and host, and the
@@ -399,15 +406,15 @@ class KV:
         """Fail early, with the fix, when the KV v2 mount is missing or is not version 2 (checked once per Store)."""
         if self._mount_checked:
             return
-        with translated(self.addr, "the mount check", mount=self.mount):
+        with translated(self.addr, "the mount check", client=self.client, mount=self.mount):
             try:
                 resp = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
             except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
                 resp = None  # Vault answers 403 for a mount that does not exist, even to root
         data = (resp or {}).get("data") if isinstance(resp, dict) else None
         if not data or data.get("type") not in ("kv", "generic") or data.get("path", "").strip("/") != self.mount:
-            raise NotSetUp(f"KV v2 mount '{self.mount}' does not exist at {self.addr} (or this token may not use it); "
-                           "create it, or set PARTNERCERTS_KV_MOUNT to an existing one", remedy=Remedy.BOOTSTRAP)
+            # Why (only now, after the failure): not a Vault server, a bad token, a policy, or no such mount.
+            raise missing_mount(self.client, self.addr, self.mount, self.prefix)
         if str((data.get("options") or {}).get("version")) != "2":
             raise NotSetUp(f"mount '{self.mount}' at {self.addr} is KV version 1; partnercerts needs KV v2 "
                            "(set PARTNERCERTS_KV_MOUNT to a KV v2 mount)")
@@ -426,9 +433,10 @@ class KV:
 
     def write(self, path: str, data: dict, cas: int) -> int:
         """Write a new version only if the path is still at version `cas` (0: must not exist)."""
-        with translated(self.addr, f"writing {self.mount}/data/{path}", mount=self.mount, path=path):
-            resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}",
-                                            json={"data": data, "options": {"cas": cas}})
+        url = f"/v1/{self.mount}/data/{path}"
+        with translated(self.addr, f"writing {self.mount}/data/{path}", client=self.client, mount=self.mount,
+                        path=path, asked=self._asked("post", url, ("data", "options"), cas)):
+            resp = self.client.adapter.post(url, json={"data": data, "options": {"cas": cas}})
         return int(resp["data"]["version"])
 
     def list(self, path: str) -> list[str]:
@@ -615,3 +623,17 @@ class Store(KV):
             body["max_versions"] = MAX_VERSIONS
         self._call("post", f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}", json=body)
 
+    # -- every version of a record, read-only (the audit trail, partnercerts/audit.py) ----------
+    def metadata(self, path: str) -> dict:
+        """A path's KV v2 metadata ({} when never written): current_version, max_versions, custom_metadata and
+        `versions` (per version number, as a string: created_time, deletion_time, destroyed). Versions that
+        KV v2 pruned past max_versions are absent."""
+        resp = self._call("get", f"/v1/{self.mount}/metadata/{path}")
+        return dict((resp or {}).get("data") or {})
+
+    def read_version(self, path: str, version: int) -> Record | None:
+        """One version of a path's data; None when that version is deleted, destroyed, pruned or never written."""
+        resp = self._call("get", f"/v1/{self.mount}/data/{path}?version={int(version)}")
+        if not resp or not resp.get("data") or resp["data"].get("data") is None:
+            return None
+        return Record(data=resp["data"]["data"], version=int(resp["data"]["metadata"]["version"]))

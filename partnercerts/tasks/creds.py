@@ -361,3 +361,32 @@ def _confirm_withdrawal(mzp: str, app: str, serial: str, yes: bool) -> None:
                         "certificate is imported; confirm with --yes (no terminal to ask on); nothing was changed")
     if input(question).strip() != f"{mzp}/{app}":
         raise UserError("--withdraw not confirmed; nothing was changed")
+
+
+@task(help={"mzp": MZP_HELP + "; also one no longer in the inventory, while Vault holds its records",
+            "app": APP_HELP,
+            "json": "print a JSON list of events (at, kind, mzp, app, summary, details, source, vault_time)"})
+@reports_errors
+def history(c, mzp, app, json=False):
+    """The audit trail of one credential, newest first, rebuilt from every version Vault keeps.
+
+    Keys made, CSRs sent and resent (Message-IDs), reminders, answers without a certificate, re-keys,
+    imports (serial, who accepted a subject change, subject notes), withdrawals, deploys and rollbacks
+    with their hosts. Reads only, but reads the data of older versions: it needs the rotator policy (or a
+    token that may read <mount>/data/<prefix>/*); the auditor policy, metadata only, is refused.
+    No key, password, certificate or CSR is ever printed.
+    """
+    from .. import audit
+    tk = toolkit()
+    found = audit.history(tk.inventory, tk.store, mzp, app)
+    if not found.in_inventory:
+        info(f"note: {mzp}/{app} is no longer in {tk.inventory.path}; showing what Vault keeps of it")
+    for note in found.notes:
+        info(f"note: {note}")
+    if json:
+        print(jsonlib.dumps(found.as_json(), indent=2, ensure_ascii=False))
+        return
+    if not found.events:
+        info(f"{mzp}/{app}: Vault holds no record of it yet")
+    for line in found.lines():
+        print(line)
