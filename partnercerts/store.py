@@ -448,9 +448,11 @@ class KV:
         resp = self._call("get", f"/v1/{self.mount}/metadata/{path}")
         return dict(((resp or {}).get("data") or {}).get("custom_metadata") or {})
 
-    def write_custom(self, path: str, custom: dict) -> None:
-        self._call("post", f"/v1/{self.mount}/metadata/{path}",
-                   json={"custom_metadata": {k: str(v) for k, v in custom.items() if v not in (None, "")}})
+    def write_custom(self, path: str, custom: dict, max_versions: int | None = None) -> None:
+        body: dict = {"custom_metadata": {k: str(v) for k, v in custom.items() if v not in (None, "")}}
+        if max_versions is not None:
+            body["max_versions"] = max_versions
+        self._call("post", f"/v1/{self.mount}/metadata/{path}", json=body)
 
 
 class Store(KV):
@@ -522,7 +524,12 @@ class Store(KV):
         return self._get(self.current_path(mzp, app), Issued)
 
     def put_current(self, mzp: str, app: str, record: Issued, cas: int) -> int:
-        return self._put(self.current_path(mzp, app), record, cas)
+        version = self._put(self.current_path(mzp, app), record, cas)
+        if version == 1:  # the host reports' versions are the deploy history (`history`): keep them too; the
+            # deployer, who writes them, may not raise max_versions, so the rotator does it here, once
+            self._call("post", f"/v1/{self.mount}/metadata/{self.hosts_path(mzp, app)}",
+                       json={"max_versions": MAX_VERSIONS})
+        return version
 
     def history(self, mzp: str, app: str, serial: str) -> Versioned[Issued] | None:
         return self._get(self.history_path(mzp, app, serial), Issued)
@@ -593,7 +600,7 @@ class Store(KV):
             self.write(path, record.to_data(), cas=rec.version if rec else self.version(path))
         except Conflict:
             pass  # another run recorded itself at the same moment
-        self.write_custom(path, record.to_data())
+        self.write_custom(path, record.to_data(), max_versions=None if rec else MAX_VERSIONS)
 
     # -- the credential index (custom metadata of `current`) -------------------------
     def read_index(self, mzp: str, app: str) -> tuple[Index, int] | None:
