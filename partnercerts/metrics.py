@@ -1,8 +1,8 @@
 """Prometheus metrics for node_exporter's textfile collector: one gauge family per fact, per credential.
 
-`render` turns status rows (credentials.Row) into the text exposition format; `write_textfile`
+`render` turns status rows (planner.Row) into the text exposition format; `write_textfile`
 puts it in place atomically, so the collector never reads half a file. Values only: no secret
-is ever part of a row.
+is ever part of a row. The alerting rules and the dashboard built on these names are in monitoring/.
 """
 from __future__ import annotations
 
@@ -23,7 +23,17 @@ HELP = {
     "last_run_timestamp_seconds": "Time the last rotation run ended, in Unix seconds.",
     "last_success_timestamp_seconds": "Time the last successful rotation run ended, in Unix seconds.",
     "replies_left": "Messages the last read of the reply mailbox left in place (unmatched, refused, unreadable).",
+    "pending_stage": "Stage of the credential's CSR (created, submitted, waiting, reminded, needs_attention, "
+                     "issued): 1 for the current one, 0 for the others.",
+    "turnaround_median_seconds": "Median seconds from CSR submission to certificate import, over the last imports.",
+    "pending_reminder_seconds": "The partner's pending_reminder_days in seconds: a CSR waiting longer is chased.",
+    "deploy_window_seconds": "The partner's deploy_window_days in seconds: the time a new certificate needs to "
+                             "reach every host.",
 }
+
+# lifecycle.Stage, in its order (tests/unit/test_metrics.py keeps them equal): a state set, so an alert or a
+# panel can select one stage and a stage that is left shows 0 rather than a series that vanishes.
+STAGES = ("created", "submitted", "waiting", "reminded", "needs_attention", "issued")
 
 
 def escape_label(value: object) -> str:
@@ -52,8 +62,13 @@ def _seconds(t: dt.datetime) -> int:
 
 
 def render(rows: Iterable, *, now: dt.datetime, last_run: dt.datetime | None,
-           last_success: dt.datetime | None, replies_left: dict[str, dict[str, int]] | None = None) -> str:
-    """The exposition text: HELP and TYPE, then the samples of each family; families without samples left out."""
+           last_success: dt.datetime | None, replies_left: dict[str, dict[str, int]] | None = None,
+           partners: Iterable | None = None) -> str:
+    """The exposition text: HELP and TYPE, then the samples of each family; families without samples left out.
+
+    `partners` (inventory.Partner: mzp, pending_reminder_days, deploy_window_days), when given, adds the
+    per-partner thresholds the alerting rules compare with; without them the rules use the defaults (7 days).
+    """
     families: dict[str, list[str]] = {name: [] for name in HELP}
     seen = set()
     for row in rows:
@@ -77,6 +92,13 @@ def render(rows: Iterable, *, now: dt.datetime, last_run: dt.datetime | None,
             families["hosts_total"].append(f"{labels} {int(row.hosts_total)}")
         info = ident + [("serial", row.serial), ("client_id", row.client_id), ("state", row.state)]
         families["certificate_info"].append(f"{_labels(info)} 1")
+        stage = getattr(row, "pending_stage", "") or ""
+        if stage:
+            for name in STAGES if stage in STAGES else (*STAGES, stage):
+                families["pending_stage"].append(f"{_labels(ident + [('stage', name)])} {int(name == stage)}")
+        median = getattr(row, "turnaround_median_days", None)
+        if median is not None:
+            families["turnaround_median_seconds"].append(f"{labels} {int(round(float(median) * 86400))}")
     if last_run is not None:
         families["last_run_timestamp_seconds"].append(f" {_seconds(last_run)}")
     if last_success is not None:
@@ -84,6 +106,14 @@ def render(rows: Iterable, *, now: dt.datetime, last_run: dt.datetime | None,
     for mzp, counts in (replies_left or {}).items():
         for reason, count in counts.items():
             families["replies_left"].append(f"{_labels([('mzp', mzp), ('reason', reason)])} {int(count)}")
+    partners_seen = set()
+    for partner in partners or ():
+        if partner.mzp in partners_seen:
+            continue
+        partners_seen.add(partner.mzp)
+        labels = _labels([("mzp", partner.mzp)])
+        families["pending_reminder_seconds"].append(f"{labels} {int(partner.pending_reminder_days) * 86400}")
+        families["deploy_window_seconds"].append(f"{labels} {int(partner.deploy_window_days) * 86400}")
     out = []
     for name, samples in families.items():
         if not samples:

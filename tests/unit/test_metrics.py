@@ -247,3 +247,69 @@ def test_write_textfile_fails_cleanly(tmp_path):
     with pytest.raises(UserError, match="cannot write it"):
         metrics.write_textfile(tmp_path / "partnercerts.prom", "x 1\n")
     assert os.listdir(tmp_path) == ["partnercerts.prom"]  # no temporary file left behind
+
+
+# -- the families the alerting rules (monitoring/) need ---------------------------------------------------
+
+
+def test_the_pending_stage_is_a_state_set_of_the_lifecycle_stages():
+    from partnercerts.lifecycle import Stage
+    assert metrics.STAGES == tuple(s.value for s in Stage)
+    rows = [row(app="fleet", pending_stage="issued"),
+            row(app="big", state="needs_attention", pending_since="2026-11-20T12:00:00+00:00",
+                pending_stage="needs_attention"),
+            row(app="new", pending_stage=""),              # neither CSR nor certificate: no stage
+            row(app="odd", pending_stage="later_stage")]   # a stage this module does not know yet: kept
+    fams = parse(metrics.render(rows, now=NOW, last_run=None, last_success=None))
+    stages = samples(fams, "pending_stage")
+    for app, current in (("fleet", "issued"), ("big", "needs_attention")):
+        mine = {dict(k)["stage"]: v for k, v in stages.items() if dict(k)["app"] == app}
+        assert mine == {s: float(s == current) for s in metrics.STAGES}, app
+    assert not any(dict(k)["app"] == "new" for k in stages)
+    odd = {dict(k)["stage"]: v for k, v in stages.items() if dict(k)["app"] == "odd"}
+    assert odd == {**{s: 0.0 for s in metrics.STAGES}, "later_stage": 1.0}
+    assert all(set(dict(k)) == {"mzp", "app", "stage"} for k in stages)
+
+
+def test_the_median_turnaround_in_seconds_when_known():
+    rows = [row(app="fleet", turnaround_median_days=3.5), row(app="big", turnaround_median_days=0.0),
+            row(app="new", turnaround_median_days=None)]
+    fams = parse(metrics.render(rows, now=NOW, last_run=None, last_success=None))
+    assert samples(fams, "turnaround_median_seconds") == {
+        ident("MZP123456", "fleet"): 3.5 * 86400, ident("MZP123456", "big"): 0}
+
+
+def test_partner_thresholds_from_the_inventory(tmp_path):
+    from partnercerts.inventory import load
+    (tmp_path / "group_vars" / "all").mkdir(parents=True)
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts: {}\n")
+    partner = ("  - mzp: {mzp}\n    country: FR\n    state: Paris\n    locality: Paris\n    organization: Ex\n"
+               "    email: pki@example.com\n    submission: sandbox\n{extra}    applications:\n      - name: fleet\n")
+    (tmp_path / "group_vars" / "all" / "partners.yml").write_text(
+        "partnercerts_partners:\n"
+        + partner.format(mzp="MZP111111", extra="    pending_reminder_days: 3\n    deploy_window_days: 10\n")
+        + partner.format(mzp="MZP222222", extra=""))
+    partners = load(tmp_path).partners
+    text = metrics.render([row(mzp="MZP111111")], now=NOW, last_run=None, last_success=None,
+                          partners=[*partners, partners[0]])  # a partner twice: one series
+    fams = parse(text)
+    assert samples(fams, "pending_reminder_seconds") == {
+        (("mzp", "MZP111111"),): 3 * 86400, (("mzp", "MZP222222"),): 7 * 86400}
+    assert samples(fams, "deploy_window_seconds") == {
+        (("mzp", "MZP111111"),): 10 * 86400, (("mzp", "MZP222222"),): 7 * 86400}
+    without = parse(metrics.render([row()], now=NOW, last_run=None, last_success=None))
+    assert "partnercerts_pending_reminder_seconds" not in without
+    assert "partnercerts_deploy_window_seconds" not in without
+
+
+def test_the_existing_families_come_first_and_unchanged():
+    """Adding families changed nothing of the old ones: same names, same order, same lines."""
+    rows = [row(pending_stage="issued", turnaround_median_days=1.0)]
+    text = metrics.render(rows, now=NOW, last_run=NOW, last_success=NOW, replies_left={"MZP123456": {"refused": 1}})
+    order = re.findall(r"^# TYPE (\S+) gauge$", text, re.M)
+    assert order == ["partnercerts_" + n for n in (
+        "certificate_expiration_timestamp_seconds", "pending_age_seconds", "hosts_in_sync", "hosts_total",
+        "certificate_info", "last_run_timestamp_seconds", "last_success_timestamp_seconds", "replies_left",
+        "pending_stage", "turnaround_median_seconds")]
+    assert 'partnercerts_hosts_in_sync{mzp="MZP123456",app="fleet"} 2\n' in text
+    assert 'partnercerts_replies_left{mzp="MZP123456",reason="refused"} 1\n' in text
