@@ -173,7 +173,9 @@ def finish(tk: Toolkit, report: Report, now: dt.datetime, deploy_rc: int | None,
                 rows = tk.planner.rows(now, cached=cached)
         report.events.extend(_deploy_events(report, rows, deploy_rc, now))
         report.events.extend(_state_events(tk, rows, now))
-        _record_reminders(tk, report.events, now, log)
+        reminded = _record_reminders(tk, report.events, now, log)
+        if reminded:  # the metrics show the stage `reminded` from this run on, not from the next
+            rows = tk.planner.rows(now, cached={k: v for k, v in cached.items() if k not in reminded})
         deployed_ok = not any(e.kind.value == "deploy_failed" for e in report.events)
         ok = not report.failed and deploy_rc in (None, 0) and deployed_ok
         record = tk.store.run_record()
@@ -224,14 +226,18 @@ def _state_events(tk: Toolkit, rows: list[Row], now: dt.datetime) -> list:
     return out
 
 
-def _record_reminders(tk: Toolkit, events: list, now: dt.datetime, log) -> None:
-    """Keep each reminder with its pending CSR, so status shows it `reminded` (when, how many times)."""
+def _record_reminders(tk: Toolkit, events: list, now: dt.datetime, log) -> set[str]:
+    """Keep each reminder with its pending CSR, so status shows it `reminded` (when, how many times).
+    Returns the "MZP/app" recorded."""
+    done = set()
     for e in events:
         if e.kind.value == "reminder":
             try:
                 tk.pending.reminded(e.mzp, e.app, now)
+                done.add(f"{e.mzp}/{e.app}")
             except Error as exc:
                 log(f"warning: {e.mzp}/{e.app}: cannot record the reminder in Vault: {exc}")
+    return done
 
 
 def absorb_replies(report: Report, runs: list, now: dt.datetime) -> None:
@@ -303,7 +309,7 @@ def write_metrics(tk: Toolkit, rows: list[Row], now: dt.datetime, log, path: str
     last_run, last_success = last_runs(tk)
     try:
         write_textfile(target, render(rows, now=now, last_run=last_run, last_success=last_success,
-                                      replies_left=tk.replies.left()))
+                                      replies_left=tk.replies.left(), partners=tk.inventory.partners))
     except (Error, OSError) as exc:
         log(f"warning: metrics: {exc}")
         return None

@@ -231,7 +231,7 @@ def metrics(c, textfile=None):
         return
     last_run, last_success = rotation.last_runs(tk)
     sys.stdout.write(render(rows, now=when, last_run=last_run, last_success=last_success,
-                            replies_left=tk.replies.left()))
+                            replies_left=tk.replies.left(), partners=tk.inventory.partners))
 
 
 def print_replies(runs, dry_run: bool) -> None:

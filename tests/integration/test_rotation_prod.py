@@ -201,6 +201,8 @@ def test_status_follows_the_csr_through_its_stages(cli, raw, inventory, tmp_path
     """created, submitted, waiting, reminded (counted, a dry run does not count), resent, issued."""
     set_partner(inventory, submission={"method": "outbox", "dir": str(tmp_path / "outbox"), "to": "c@mpsa.example"},
                 applications=[{"name": "fleet"}], pending_reminder_days=7)
+    prom = tmp_path / "partnercerts.prom"
+    set_global(inventory, partnercerts_metrics_textfile=str(prom))
 
     def row(day):
         return json.loads(cli("status", "--json", env=at(day)).out)[0]
@@ -221,8 +223,11 @@ def test_status_follows_the_csr_through_its_stages(cli, raw, inventory, tmp_path
     assert (row(4)["pending_stage"], row(4)["pending_waiting_days"], cell(4)) == ("waiting", 3, "waiting(3d)")
     cli("rotate", "--no-deploy", "--dry-run", env=at(9))  # plans only: no reminder is raised
     assert row(9)["pending_stage"] == "waiting"
-    for day in (9, 10):
-        cli("rotate", "--no-deploy", env=at(day))
+    cli("rotate", "--no-deploy", env=at(9))
+    # The run that raises the first reminder already writes the stage into the metrics.
+    assert f'partnercerts_pending_stage{{mzp="{MZP}",app="fleet",stage="reminded"}} 1' in prom.read_text()
+    assert 'partnercerts_pending_reminder_seconds{mzp="%s"} %d' % (MZP, 7 * 86400) in prom.read_text()
+    cli("rotate", "--no-deploy", env=at(10))
     r = row(10)
     assert (r["pending_stage"], r["pending_times_reminded"], cell(10)) == ("reminded", 2, "reminded(2x)")
     assert dt.datetime.fromisoformat(r["pending_reminded_at"]) == dt.datetime.fromisoformat(
