@@ -16,6 +16,7 @@ from .errors import UserError
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOWNLOAD_HOSTS = "*.groupe-psa.com,*.mpsa.com,*.stellantis.com"
 DEFAULT_SANDBOX_API_PORT = 18443
+DEFAULT_EMBEDDED_PORT = 18200
 # Non-secret settings a scheduled job needs to find the same Vault and inventory as the shell that installed it.
 SCHEDULE_ENV = ("VAULT_ADDR", "VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_APPROLE_MOUNT", "PARTNERCERTS_INVENTORY",
                 "PARTNERCERTS_KV_MOUNT", "PARTNERCERTS_PREFIX", "PARTNERCERTS_STATE_DIR", "PARTNERCERTS_CA_FILE",
@@ -55,6 +56,25 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     if not 1 <= value <= 65535:
         raise UserError(f"environment {name}={value} is not a port number (1-65535); use e.g. {default}")
     return value
+
+
+def embedded_port_file(state_dir: Path) -> Path:
+    """Where the embedded OpenBao of a state directory records its port (when PARTNERCERTS_EMBEDDED_PORT is unset)."""
+    return state_dir / "vault" / "port"
+
+
+def sandbox_port_file(state_dir: Path) -> Path:
+    """Where the sandbox API of a state directory records its port (the local inventory's URL reads it)."""
+    return state_dir / "sandbox-api" / "port"
+
+
+def recorded_port(path: Path) -> int | None:
+    """The port recorded in a state directory's port file, None when there is none (or it is not a port)."""
+    try:
+        value = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return value if 1 <= value <= 65535 else None
 
 
 def _now(raw: str | None) -> dt.datetime | None:
@@ -131,6 +151,10 @@ class Settings:
     download_cafile: str | None = None
     max_eml_bytes: int = 10 << 20
     sandbox_api_port: int = DEFAULT_SANDBOX_API_PORT
+    # Set by the environment (PARTNERCERTS_EMBEDDED_PORT, PARTNERCERTS_SANDBOX_API_PORT): a busy port is an error.
+    # Unset, the port is the one recorded in the state directory (else the default), and a busy one is replaced.
+    embedded_port_pinned: bool = False
+    sandbox_api_port_pinned: bool = False
     now: dt.datetime | None = None  # PARTNERCERTS_NOW: ask "what if" at another time; None: the clock
     debug: bool = False  # PARTNERCERTS_DEBUG: let unexpected exceptions show their traceback
     checkout: Path | None = CHECKOUT  # the repository this runs from (playbooks, ansible.cfg), None when installed
@@ -164,22 +188,27 @@ class Settings:
             if not value or any(part in ("", ".", "..") for part in value.split("/")):
                 raise UserError(f"environment {name}={value!r} is not a valid Vault path; use e.g. 'partnercerts'")
         ca = env.get("PARTNERCERTS_CA_FILE")
+        state = state.resolve()
         return cls(
             inventory_path=inventory,
-            state_dir=state.resolve(),
+            state_dir=state,
             kv_mount=mount,
             prefix=prefix,
             min_validity_days=_int(env, "PARTNERCERTS_MIN_VALIDITY_DAYS", 30),
             max_input_bytes=_int(env, "PARTNERCERTS_MAX_INPUT_BYTES", 1 << 20, 1024),
             ca_file=Path(ca) if ca else None,
             sandbox_validity_days=_int(env, "PARTNERCERTS_SANDBOX_VALIDITY_DAYS", 365, 1),
-            embedded_port=_int(env, "PARTNERCERTS_EMBEDDED_PORT", 18200, 1),
+            embedded_port=_int(env, "PARTNERCERTS_EMBEDDED_PORT",
+                               recorded_port(embedded_port_file(state)) or DEFAULT_EMBEDDED_PORT, 1),
+            embedded_port_pinned=bool(env.get("PARTNERCERTS_EMBEDDED_PORT")),
             # The authority's download links must point at one of these hosts (*.domain patterns).
             download_hosts=tuple(h.strip() for h in (env.get("PARTNERCERTS_DOWNLOAD_HOSTS")
                                                      or DEFAULT_DOWNLOAD_HOSTS).split(",") if h.strip()),
             download_cafile=env.get("PARTNERCERTS_DOWNLOAD_CAFILE") or None,
             max_eml_bytes=_int(env, "PARTNERCERTS_MAX_EML_BYTES", 10 << 20, 1024),
-            sandbox_api_port=_port(env, "PARTNERCERTS_SANDBOX_API_PORT", DEFAULT_SANDBOX_API_PORT),
+            sandbox_api_port=_port(env, "PARTNERCERTS_SANDBOX_API_PORT",
+                                   recorded_port(sandbox_port_file(state)) or DEFAULT_SANDBOX_API_PORT),
+            sandbox_api_port_pinned=bool(env.get("PARTNERCERTS_SANDBOX_API_PORT")),
             now=_now(env.get("PARTNERCERTS_NOW")),
             debug=bool(env.get("PARTNERCERTS_DEBUG")),
             vault=VaultSettings.from_env(env),

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import Remedy, UserError
-from ..settings import DEFAULT_SANDBOX_API_PORT, ROOT, Settings
+from ..settings import DEFAULT_SANDBOX_API_PORT, ROOT, Settings, sandbox_port_file
 
 PORT_ENV = "PARTNERCERTS_SANDBOX_API_PORT"
 DEFAULT_PORT = DEFAULT_SANDBOX_API_PORT
@@ -46,22 +46,188 @@ def parse_port(raw, what: str) -> int:
     return value
 
 
+# -- who holds a port: the servers of a state directory never answer for another's --------------------------
+
+
+def _proc_args(pid: int) -> list[str] | None:
+    """The command line of a live (not zombie) process, None when it is gone or unreadable."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return None
+    if state in ("Z", "X"):
+        return None
+    return [a.decode("utf-8", "replace") for a in cmdline if a]
+
+
+def _proc_env(pid: int, name: str) -> str | None:
+    try:
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            key, sep, value = item.partition(b"=")
+            if sep and key.decode("utf-8", "replace") == name:
+                return value.decode("utf-8", "replace")
+    except OSError:
+        pass
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def embedded_config_arg(config: Path) -> str:
+    return f"-config={config}"
+
+
+def is_embedded(pid: int, config: Path) -> bool:
+    """A live `bao server` started with this state directory's config file (a recycled pid is not taken for it)."""
+    if not Path("/proc/self").is_dir():  # no /proc: the pid is alive, trust the pidfile
+        return _alive(pid)
+    args = _proc_args(pid)
+    return args is not None and embedded_config_arg(config) in args
+
+
+def _is_server(pid: int, state_dir: Path | None = None) -> bool:
+    """A live (not zombie) process running the sandbox API (of this state directory, when one is given)."""
+    if not Path("/proc/self").is_dir():  # no /proc: the pid is alive, trust the pidfile
+        return _alive(pid)
+    args = _proc_args(pid)
+    if args is None or MODULE not in args:
+        return False
+    return state_dir is None or _proc_env(pid, "PARTNERCERTS_STATE_DIR") == str(state_dir)
+
+
+class Holder:
+    """The process that listens on a port, as far as this user can tell, and what it is."""
+
+    def __init__(self, pid: int | None, what: str, state_dir: Path | None = None, deleted: bool = False):
+        self.pid, self.what, self.state_dir, self.deleted = pid, what, state_dir, deleted
+
+    def __str__(self) -> str:
+        if self.state_dir is None:
+            return self.what
+        return (f"{self.what} of {self.state_dir} ({'deleted, ' if self.deleted else ''}"
+                f"pid {self.pid})")
+
+    def fix(self, down_task: str) -> str:
+        """How to stop it: the other state directory's own task, or kill when that directory is gone."""
+        if self.pid is not None and (self.deleted or self.state_dir is None):
+            return f"stop it with: kill {self.pid}"
+        if self.state_dir is not None:
+            return f"stop it with: PARTNERCERTS_STATE_DIR={self.state_dir} scripts/inv {down_task}"
+        return "stop it"
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _deleted(path: Path, cwd_of: int) -> bool:
+    try:
+        if os.readlink(f"/proc/{cwd_of}/cwd").endswith(" (deleted)"):
+            return True
+    except OSError:
+        pass
+    return not path.is_dir()
+
+
+def port_holder(port: int) -> Holder | None:
+    """Who listens on 127.0.0.1:port (Linux /proc; None when nobody, or it cannot be told)."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) not in wanted:
+                    continue
+            except OSError:
+                continue
+            return _describe(int(proc.name))
+    return Holder(None, "a process of another user")
+
+
+def _describe(pid: int) -> Holder:
+    args = _proc_args(pid) or []
+    for arg in args:
+        if arg.startswith("-config=") and Path(arg[len("-config="):]).parent.name == "vault":
+            state = Path(arg[len("-config="):]).parent.parent
+            return Holder(pid, "the embedded OpenBao", state, _deleted(state, pid))
+    if MODULE in args:
+        raw = _proc_env(pid, "PARTNERCERTS_STATE_DIR")
+        if raw:
+            return Holder(pid, "the sandbox API", Path(raw), _deleted(Path(raw), pid))
+        return Holder(pid, f"a sandbox API (pid {pid})")
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        name = "?"
+    return Holder(pid, f"pid {pid} ({name})")
+
+
+def bindable(addrs: list[str], port: int) -> OSError | None:
+    """None when every address can listen on the port, else the error."""
+    for addr in addrs:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        try:
+            socket.create_server((addr, port), family=family).close()
+        except OSError as exc:
+            return exc
+    return None
+
+
+def free_port(addrs: list[str], start: int, width: int = 1) -> int:
+    """The first port from `start` up (step `width`) whose `width` consecutive ports are free on every address."""
+    port = start
+    for _ in range(200):
+        if port + width - 1 <= 65535 and all(bindable(addrs, port + i) is None for i in range(width)):
+            return port
+        port += width
+    raise UserError(f"no free port on {', '.join(addrs)} from {start} up; free one, or set it explicitly")
+
+
 class Daemon:
-    """The background server's files: <state_dir>/sandbox-api/{server.pid, server.json, server.log}."""
+    """The background server's files: <state_dir>/sandbox-api/{server.pid, server.json, server.log, port}."""
 
     def __init__(self, settings: Settings):
+        self.state_dir = settings.state_dir
         self.dir = settings.state_dir / "sandbox-api"
         self.pid_file = self.dir / "server.pid"
         self.info_file = self.dir / "server.json"
         self.log_file = self.dir / "server.log"
+        self.port_file = sandbox_port_file(settings.state_dir)
 
     def pid(self) -> int | None:
-        """The pid of the running server, None when it is not running (a stale pidfile is ignored)."""
+        """The pid of this state directory's running server, None when it is not running (a stale pidfile, or
+        one naming another state directory's server, is ignored)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _is_server(pid) else None
+        return pid if _is_server(pid, self.state_dir) else None
 
     def info(self) -> dict:
         try:
@@ -72,23 +238,6 @@ class Daemon:
     def clear(self) -> None:
         self.pid_file.unlink(missing_ok=True)
         self.info_file.unlink(missing_ok=True)
-
-
-def _is_server(pid: int) -> bool:
-    """A live (not zombie) process running the sandbox API: a recycled pid is not taken for it."""
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
-            return False
-        return state not in ("Z", "X") and MODULE.encode() in cmdline
-    try:  # no /proc: the pid is alive, trust the pidfile
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
 
 
 def _urls(bind: list[str], port: int) -> list[str]:
@@ -111,14 +260,23 @@ def _accepts(addr: str, port: int) -> bool:
         return False
 
 
-def _check_free(bind: list[str], port: int) -> None:
-    for addr in bind:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        try:
-            socket.create_server((addr, port), family=family).close()
-        except OSError as exc:
-            raise UserError(f"cannot listen on {fmt_host(addr)}:{port} ({exc.strerror or exc}); choose another "
-                            f"--port (or set {PORT_ENV}) or --bind address") from None
+def _check_free(settings: Settings, bind: list[str], port: int, pinned: bool) -> int:
+    """The port to listen on: `port` when it is free; else, unless pinned, a free one (said on stderr)."""
+    exc = bindable(bind, port)
+    if exc is None:
+        return port
+    addr = next((a for a in bind if bindable([a], port) is not None), bind[0])
+    holder = port_holder(port)
+    if pinned:
+        held = f"; held by {holder}, {holder.fix('sandbox.down')}" if holder else ""
+        raise UserError(f"cannot listen on {fmt_host(addr)}:{port} ({exc.strerror or exc}{held}); choose another "
+                        f"--port (or set {PORT_ENV}) or --bind address") from None
+    new = free_port(bind, port + 1)
+    orphan = f" ({holder.fix('sandbox.down')})" if holder and holder.deleted else ""
+    print(f"note: port {port} is held by {holder or 'another process'}{orphan}; the sandbox API of "
+          f"{settings.state_dir} uses port {new} instead (recorded in {sandbox_port_file(settings.state_dir)})",
+          file=sys.stderr)
+    return new
 
 
 def _last_error(log_file: Path, offset: int) -> str:
@@ -145,8 +303,11 @@ def _child_env(settings: Settings) -> dict:
     return env
 
 
-def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
-    """Start the server in the background unless it already runs there; returns the lines to print."""
+def start(settings: Settings, port: int, addrs: list[str], pinned: bool = True) -> list[str]:
+    """Start the server in the background unless it already runs there; returns the lines to print.
+
+    A busy port is an error when pinned (--port, PARTNERCERTS_SANDBOX_API_PORT), else another one is taken;
+    the port it listens on is recorded in <state_dir>/sandbox-api/port either way."""
     daemon = Daemon(settings)
     running = daemon.pid()
     if running:
@@ -156,7 +317,7 @@ def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
                             f"{', '.join(_urls(info.get('bind') or [], info.get('port') or 0))}; "
                             "stop it first to start it elsewhere", remedy=Remedy.SANDBOX_DOWN)
         return [f"already running (pid {running}): {', '.join(_urls(addrs, port))}"]
-    _check_free(addrs, port)
+    port = _check_free(settings, addrs, port, pinned)
     daemon.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(daemon.dir, 0o700)
     with open(daemon.log_file, "ab") as log:
@@ -181,6 +342,7 @@ def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
             raise UserError(f"the sandbox API did not accept connections on port {port} within {START_SECONDS} s "
                             f"(see {daemon.log_file})")
         time.sleep(0.1)
+    daemon.port_file.write_text(f"{port}\n")
     from .api import BASE_PATH
     return [f"sandbox API up (pid {proc.pid}): {', '.join(_urls(addrs, port))}",
             f"  GET {BASE_PATH}/fleets?client_id=<Client ID> with the credential's certificate and key, "
@@ -190,9 +352,18 @@ def start(settings: Settings, port: int, addrs: list[str]) -> list[str]:
 
 def ensure_running(settings: Settings) -> None:
     """For inventories with `partnercerts_sandbox_api: true`: have the API up before hosts call it."""
-    if Daemon(settings).pid() is None:
-        for line in start(settings, settings.sandbox_api_port, ["127.0.0.1"])[:1]:
+    daemon = Daemon(settings)
+    running = daemon.pid()
+    if running is None:
+        for line in start(settings, settings.sandbox_api_port, ["127.0.0.1"],
+                          pinned=settings.sandbox_api_port_pinned)[:1]:
             print(line, file=sys.stderr)
+        return
+    port = daemon.info().get("port")
+    if settings.sandbox_api_port_pinned and port != settings.sandbox_api_port:
+        raise UserError(f"the sandbox API of {settings.state_dir} runs on port {port} (pid {running}), not on "
+                        f"{PORT_ENV}={settings.sandbox_api_port}; stop it first to move it",
+                        remedy=Remedy.SANDBOX_DOWN)
 
 
 def stop(settings: Settings) -> bool:
@@ -204,7 +375,7 @@ def stop(settings: Settings) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while _is_server(pid):
+    while _is_server(pid, daemon.state_dir):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             break
@@ -214,14 +385,20 @@ def stop(settings: Settings) -> bool:
 
 
 def status(settings: Settings) -> dict:
-    """Whether the background server runs, its pid, URLs, start time and log file."""
+    """Whether this state directory's background server runs, its pid, URLs, start time and log file; when it
+    does not, who else holds its port."""
     daemon = Daemon(settings)
     pid = daemon.pid()
     info = daemon.info() if pid else {}
+    holder = None if pid or bindable(["127.0.0.1"], settings.sandbox_api_port) is None \
+        else port_holder(settings.sandbox_api_port)
     return {
         "running": pid is not None,
         "pid": pid,
         "urls": _urls(info.get("bind") or [], info.get("port") or 0) if pid else [],
         "started_at": info.get("started_at") if pid else None,
         "log": str(daemon.log_file),
+        "state_dir": str(settings.state_dir),
+        "port": info.get("port") if pid else settings.sandbox_api_port,
+        "port_held_by": str(holder) if holder else None,
     }

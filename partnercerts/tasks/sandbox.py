@@ -17,24 +17,25 @@ from ._common import reports_errors
 def up(c, port=None, bind="127.0.0.1"):
     """Start the sandbox API in the background (mutual TLS with sandbox certificates, client_id, Basic auth)."""
     settings = Settings.from_env()
+    pinned = port not in (None, "") or settings.sandbox_api_port_pinned  # else a busy port is replaced, and said
     port = daemon.parse_port(port, "--port") if port not in (None, "") else settings.sandbox_api_port
     addrs = list(dict.fromkeys(str(daemon.parse_address(a)) for a in bind.split(",") if a.strip()))
     if not addrs:
         raise UserError("--bind is empty; give at least one IP address, e.g. 127.0.0.1")
-    print("\n".join(daemon.start(settings, port, addrs)))
+    print("\n".join(daemon.start(settings, port, addrs, pinned=pinned)))
 
 
 @task
 @reports_errors
 def down(c):
-    """Stop the background sandbox API."""
+    """Stop this state directory's background sandbox API (never another checkout's)."""
     print("stopped" if daemon.stop(Settings.from_env()) else "not running")
 
 
 @task(help={"json": "print the status as JSON"})
 @reports_errors
 def status(c, json=False):
-    """Show whether the background sandbox API is running, where, and its log file."""
+    """Show whether this state directory's sandbox API is running, where, its log file, and who holds its port."""
     st = daemon.status(Settings.from_env())
     if json:
         print(jsonlib.dumps(st, indent=2))

@@ -35,21 +35,26 @@ def up(c):
 @task
 @reports_errors
 def down(c):
-    """Stop the embedded OpenBao (its data stays under .state/vault)."""
+    """Stop this state directory's embedded OpenBao, never another checkout's (its data stays under .state/vault)."""
     server = _embedded()
-    print("stopped" if server.down() else "not running")
+    if server.down():
+        print("stopped")
+        return
+    held = server.status()["port_held_by"]
+    print(f"not running ({server.addr} is held by {held}, not by {server.dir})" if held else "not running")
 
 
 @task(help={"json": "print the status as JSON"})
 @reports_errors
 def status(c, json=False):
-    """Show whether the embedded OpenBao is running, initialised and unsealed."""
+    """Show whether this state directory's embedded OpenBao is running, initialised and unsealed (never another's)."""
     st = _embedded().status()
     if json:
         print(jsonlib.dumps(st, indent=2))
     else:
         for k, v in st.items():
-            print(f"{k}: {v}")
+            if k != "port_held_by" or v:
+                print(f"{k}: {v}")
 
 
 @task(help={"role-ids": "also print each AppRole's role_id (an identifier, not a secret; "

@@ -226,7 +226,7 @@ def test_status_follows_the_csr_through_its_stages(cli, raw, inventory, tmp_path
     cli("rotate", "--no-deploy", env=at(9))
     # The run that raises the first reminder already writes the stage into the metrics.
     assert f'partnercerts_pending_stage{{mzp="{MZP}",app="fleet",stage="reminded"}} 1' in prom.read_text()
-    assert 'partnercerts_pending_reminder_seconds{mzp="%s"} %d' % (MZP, 7 * 86400) in prom.read_text()
+    assert f'partnercerts_pending_reminder_seconds{{mzp="{MZP}"}} {7 * 86400}' in prom.read_text()
     cli("rotate", "--no-deploy", env=at(10))
     r = row(10)
     assert (r["pending_stage"], r["pending_times_reminded"], cell(10)) == ("reminded", 2, "reminded(2x)")
