@@ -524,12 +524,7 @@ class Store(KV):
         return self._get(self.current_path(mzp, app), Issued)
 
     def put_current(self, mzp: str, app: str, record: Issued, cas: int) -> int:
-        version = self._put(self.current_path(mzp, app), record, cas)
-        if version == 1:  # the host reports' versions are the deploy history (`history`): keep them too; the
-            # deployer, who writes them, may not raise max_versions, so the rotator does it here, once
-            self._call("post", f"/v1/{self.mount}/metadata/{self.hosts_path(mzp, app)}",
-                       json={"max_versions": MAX_VERSIONS})
-        return version
+        return self._put(self.current_path(mzp, app), record, cas)
 
     def history(self, mzp: str, app: str, serial: str) -> Versioned[Issued] | None:
         return self._get(self.history_path(mzp, app, serial), Issued)
