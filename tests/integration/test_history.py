@@ -12,6 +12,7 @@ import json
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from partnercerts import audit, policies
@@ -153,11 +154,13 @@ def _v(path, n, data, t, **kw):
 
 
 def test_the_pure_functions_read_answers_withdrawals_the_sandbox_and_gaps():
-    key = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    marker = key.splitlines()[0]  # hostile text in a reply's subject: a key's first line
     live = {"state": "pending", "key_pem": key, "key_sha256": "k1", "created_at": "2026-01-01T00:00:00+00:00",
             "submitted_at": "2026-01-01T00:00:01+00:00", "submission": "email", "message_id": "<m1@x>",
             "sent": [{"at": "2026-01-01T00:00:01+00:00", "message_id": "<m1@x>", "method": "email"}]}
-    attention = {**live, "attention": {"subject": "MZP unknown\r\n-----BEGIN PRIVATE KEY-----", "date": "Thu",
+    attention = {**live, "attention": {"subject": "MZP unknown\r\n" + marker, "date": "Thu",
                                        "message_id": "<r1@psa>", "seen_at": "2026-01-01T00:00:02+00:00"}}
     issued = {"key_pem": key, "p12_password": "pw-secret", "serial": "AA", "key_sha256": "k0",
               "imported_at": "2026-01-01T00:00:03+00:00", "submission": "sandbox",

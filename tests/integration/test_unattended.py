@@ -24,14 +24,15 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 import pytest
-from aiosmtpd.controller import Controller
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import ROOT, Result, free_port
-from tests.integration.test_rotation_prod import Inbox, set_global, set_partner, webhook_server
+from tests.integration import test_rotation_prod as prod
+from tests.integration.test_rotation_prod import set_global, set_partner
 
 MZP, APP = "MZP654321", "fleet"
+smtp, webhook = prod.smtp, prod.webhook  # the SMTP server and webhook fixtures of the rotation tests
 CRED = f"{MZP}/apps/{APP}"
 AUTHORITY_TO = "connectedcar@mpsa.example"
 MAILBOX_USER = "pki@free2move.example"
@@ -181,23 +182,7 @@ class World:
 
 
 @pytest.fixture
-def smtp_server():
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, inbox
-    controller.stop()
-
-
-@pytest.fixture
-def webhook():
-    url, received, stop = webhook_server()
-    yield url, received
-    stop()
-
-
-@pytest.fixture
-def world(ssh_hosts, cli, raw, env, bao, inventory, tmp_path, smtp_server, dovecot, mailbox_user, webhook):
+def world(ssh_hosts, cli, raw, env, bao, inventory, tmp_path, smtp, dovecot, mailbox_user, webhook):
     """The partner's inventory (e-mail submission, reply mailbox, three hosts), its MZP and mailbox passwords in
     Vault, a current certificate that is due (45 days left, renew_before_days 60) deployed on every host, the
     sandbox API up for the hosts' smoke call, and the scheduled job's root-only environment file (rotator AppRole)."""
@@ -205,7 +190,7 @@ def world(ssh_hosts, cli, raw, env, bao, inventory, tmp_path, smtp_server, dovec
     from partnercerts.settings import Settings
     from partnercerts.store import Store
 
-    controller, smtp_inbox = smtp_server
+    controller, smtp_inbox = smtp
     user, mailbox_password = mailbox_user(MAILBOX_USER)
     authority = Authority(Store(bao.client(), Settings.from_env(env)), validity_days=365)
     w = World(ssh_hosts=ssh_hosts, cli=cli, raw=raw, env=env, inventory=inventory, tmp_path=tmp_path,
