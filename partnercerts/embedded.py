@@ -16,8 +16,8 @@ from pathlib import Path
 import hvac
 import requests
 
+from . import servers
 from .errors import UserError
-from .sandbox import daemon
 from .settings import Settings, embedded_port_file
 
 # OpenBao 2.x has no "file" backend: a single-node raft store under .state/ is its on-disk storage.
@@ -92,7 +92,7 @@ class Embedded:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
-        return pid if daemon.is_embedded(pid, self.config_file) else None
+        return pid if servers.is_embedded(pid, self.config_file) else None
 
     def _follow(self, pid: int) -> None:
         """Talk to our running server on the port it listens on (PARTNERCERTS_EMBEDDED_PORT must agree)."""
@@ -113,10 +113,10 @@ class Embedded:
             return None
 
     def _busy(self, port: int) -> bool:
-        return any(daemon.bindable(["127.0.0.1"], p) is not None for p in (port, port + 1))
+        return any(servers.bindable(["127.0.0.1"], p) is not None for p in (port, port + 1))
 
-    def _holder(self, port: int) -> daemon.Holder | None:
-        return daemon.port_holder(port) or daemon.port_holder(port + 1)
+    def _holder(self, port: int) -> servers.Holder | None:
+        return servers.port_holder(port) or servers.port_holder(port + 1)
 
     def status(self) -> dict:
         """This state directory's server only; when it is not running, who else holds its port."""
@@ -128,7 +128,7 @@ class Embedded:
         else:
             health = None
             if self._busy(self.port):
-                holder = self._holder(self.port) or daemon.Holder(None, "another process")
+                holder = self._holder(self.port) or servers.Holder(None, "another process")
         return {
             "address": self.addr,
             "port": self.port,
@@ -151,7 +151,7 @@ class Embedded:
             raise UserError(f"127.0.0.1:{self.port} (PARTNERCERTS_EMBEDDED_PORT, with {self.port + 1} for its "
                             f"cluster) is {held}; {fix}set PARTNERCERTS_EMBEDDED_PORT to a free port, or unset it "
                             f"to let {self.settings.state_dir} pick one")
-        new = daemon.free_port(["127.0.0.1"], self.port + 2, width=2)
+        new = servers.free_port(["127.0.0.1"], self.port + 2, width=2)
         orphan = f" ({holder.fix('vault.down')})" if holder and holder.deleted else ""
         print(f"note: 127.0.0.1:{self.port} is {held}{orphan}; the embedded OpenBao of {self.settings.state_dir} "
               f"uses 127.0.0.1:{new} instead (recorded in {self.port_file})", file=sys.stderr)
@@ -165,7 +165,7 @@ class Embedded:
         self.config_file.write_text(
             CONFIG.format(data=self.dir / "data", port=self.port, cluster_port=self.port + 1))
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen([bao_binary(), "server", daemon.embedded_config_arg(self.config_file)],
+            proc = subprocess.Popen([bao_binary(), "server", servers.embedded_config_arg(self.config_file)],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     start_new_session=True, cwd=self.dir)
         # Only now: no server of this directory runs (checked by the caller), so no live pid is overwritten.
@@ -239,7 +239,7 @@ class Embedded:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while daemon.is_embedded(pid, self.config_file):
+        while servers.is_embedded(pid, self.config_file):
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 break
