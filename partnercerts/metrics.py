@@ -125,6 +125,18 @@ def render(rows: Iterable, *, now: dt.datetime, last_run: dt.datetime | None,
     return "\n".join(out) + "\n" if out else ""
 
 
+def mark_run(text: str, now: dt.datetime) -> str:
+    """`text` (a textfile this module wrote) with the last run's time set to `now` and every other sample kept:
+    what a run that could not read Vault can still say (it ran, and did not succeed)."""
+    name = PREFIX + "last_run_timestamp_seconds"
+    sample = f"{name} {_seconds(now)}"
+    lines = [line for line in text.splitlines() if line]
+    if any(line.split(" ")[0] == name for line in lines):
+        return "\n".join(sample if line.split(" ")[0] == name else line for line in lines) + "\n"
+    family = [f"# HELP {name} {HELP['last_run_timestamp_seconds']}", f"# TYPE {name} gauge", sample]
+    return "\n".join(lines + family) + "\n"
+
+
 def write_textfile(path: str | os.PathLike, text: str) -> None:
     """Replace `path` atomically (temporary file beside it, fsync, mode 0644, rename); creates nothing else.
 

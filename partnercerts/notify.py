@@ -57,6 +57,7 @@ class Kind(str, enum.Enum):
     REPLY_REFUSED = "reply_refused"            # a reply for a pending key that the gate (or its download) refused
     NEEDS_ATTENTION = "needs_attention"        # the authority answered our CSR without a certificate
     REKEY = "rekey"                            # an emergency re-key: a new key, the old certificate to revoke
+    ROTATION_FAILED = "rotation_failed"        # a credential's renewal failed, or the run could not be finished
 
 
 def _iso(t: dt.datetime) -> str:
@@ -255,7 +256,7 @@ def _show(value: object) -> str:
 def body(public: list[dict]) -> str:
     lines = [f"partnercerts: {len(public)} event{'s' if len(public) != 1 else ''}", ""]
     for e in public:
-        key = f"{e['mzp']}/{e['app']}: "
+        key = (f"{e['mzp']}/{e['app']}" if e["app"] else e["mzp"]) + ": " if e["mzp"] else ""
         lines.append(f"[{e['kind']}] {key}{e['message'].removeprefix(key)}")  # the message may start with the key
         lines.append(f"    at: {e['at']}")
         lines.extend(f"    {k}: {_show(v)}" for k, v in e["details"].items())

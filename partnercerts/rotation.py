@@ -158,39 +158,76 @@ def _imports_at_once(tk: Toolkit, step: Step) -> bool:
 
 def finish(tk: Toolkit, report: Report, now: dt.datetime, deploy_rc: int | None,
            log=lambda line: print(line, file=sys.stderr)) -> list[str]:
-    """Events from the state after the run, notifications, run record, metrics, lock release."""
+    """Events from the state after the run, notifications, run record, metrics, lock release.
+
+    When Vault fails here (sealed, unreachable, refusing), what the run knows still goes out: its events and
+    failures are notified, the metrics textfile says a run ran and did not succeed, and the error is raised."""
     try:
-        # Reuse the indexes the plan read, except those this run changed or deployed.
-        touched = set(report.changed) | set(report.deploy)
-        cached = {k: v for k, v in tk.planner.last_indexes.items() if k not in touched}
-        rows = tk.planner.rows(now, cached=cached)
-        if deploy_rc in (0, None):
-            # Deployed fine yet no host reported: the credential has no hosts; say so, or it stays "behind".
-            hostless = [r for r in rows if r.key in report.deploy and r.hosts_total is None and r.serial]
-            for r in hostless:
-                tk.hosts.record(r.mzp, r.app, {}, set(), now)
-            if hostless:
-                rows = tk.planner.rows(now, cached=cached)
-        report.events.extend(_deploy_events(report, rows, deploy_rc, now))
-        report.events.extend(_state_events(tk, rows, now))
-        reminded = _record_reminders(tk, report.events, now, log)
-        if reminded:  # the metrics show the stage `reminded` from this run on, not from the next
-            rows = tk.planner.rows(now, cached={k: v for k, v in cached.items() if k not in reminded})
-        deployed_ok = not any(e.kind.value == "deploy_failed" for e in report.events)
-        ok = not report.failed and deploy_rc in (None, 0) and deployed_ok
-        record = tk.store.run_record()
-        record.last_run = iso(now)
-        if ok:
-            record.last_success = iso(now)
-        tk.store.put_run_record(record)
+        lost: Error | None = None
+        rows: list[Row] = []
+        try:
+            rows = _recorded(tk, report, now, deploy_rc, log)
+        except Error as exc:
+            lost = exc
+        report.events.extend(_failure_events(report, now, lost))
         failures = notify(tk, report.events, log)
+        if lost is not None:
+            mark_failed_run(tk, now, log)
+            raise lost
         write_metrics(tk, rows, now, log)
         return failures
     finally:
         if report.lock_token:
-            lock = Lock(tk.store)
-            if lock.adopt(report.lock_token):
-                lock.release(now)
+            try:
+                lock = Lock(tk.store)
+                if lock.adopt(report.lock_token):
+                    lock.release(now)
+            except Error as exc:
+                # Already failing for Vault, or failing now: the next run takes over the lock of a run that is over.
+                log(f"warning: the rotation lock could not be released ({exc}); the next run takes it over")
+
+
+def _recorded(tk: Toolkit, report: Report, now: dt.datetime, deploy_rc: int | None, log) -> list[Row]:
+    """Read the state after the run, add the events it raises, record the run in Vault; the rows for the metrics."""
+    # Reuse the indexes the plan read, except those this run changed or deployed.
+    touched = set(report.changed) | set(report.deploy)
+    cached = {k: v for k, v in tk.planner.last_indexes.items() if k not in touched}
+    rows = tk.planner.rows(now, cached=cached)
+    if deploy_rc in (0, None):
+        # Deployed fine yet no host reported: the credential has no hosts; say so, or it stays "behind".
+        hostless = [r for r in rows if r.key in report.deploy and r.hosts_total is None and r.serial]
+        for r in hostless:
+            tk.hosts.record(r.mzp, r.app, {}, set(), now)
+        if hostless:
+            rows = tk.planner.rows(now, cached=cached)
+    report.events.extend(_deploy_events(report, rows, deploy_rc, now))
+    report.events.extend(_state_events(tk, rows, now))
+    reminded = _record_reminders(tk, report.events, now, log)
+    if reminded:  # the metrics show the stage `reminded` from this run on, not from the next
+        rows = tk.planner.rows(now, cached={k: v for k, v in cached.items() if k not in reminded})
+    deployed_ok = not any(e.kind.value == "deploy_failed" for e in report.events)
+    ok = not report.failed and deploy_rc in (None, 0) and deployed_ok
+    record = tk.store.run_record()
+    record.last_run = iso(now)
+    if ok:
+        record.last_success = iso(now)
+    tk.store.put_run_record(record)
+    return rows
+
+
+def _failure_events(report: Report, now: dt.datetime, lost: Error | None) -> list:
+    """A `rotation_failed` event per credential (or reply mailbox) that failed, and one for the run when Vault
+    was lost before it could be recorded."""
+    out = []
+    for f in report.failed:
+        mzp, _, app = f.key.partition("/")
+        mzp, app = (mzp, app) if app else (f.key.split(" ")[0], "")
+        out.append(event("rotation_failed", mzp, app, f"{f.key}: {f.error}", now, error=str(f.error)))
+    if lost is not None:
+        done = ", ".join(report.imported) or "nothing"
+        out.append(event("rotation_failed", "", "", f"the rotation run could not be finished: {lost}; imported "
+                         f"before that: {done}; the next run finishes the job", now, error=str(lost)))
+    return out
 
 
 def _deploy_events(report: Report, rows: list[Row], deploy_rc: int | None, now: dt.datetime) -> list:
@@ -299,6 +336,25 @@ def notify(tk: Toolkit, events: list, log) -> list[str]:
     except Error as exc:
         log(f"warning: notifications: cannot read the SMTP password: {exc}")
     return Notifier(config, password, log).send(events)
+
+
+def mark_failed_run(tk: Toolkit, now: dt.datetime, log) -> None:
+    """Vault lost: the textfile keeps the credentials' samples of the last run that could read them, and its
+    run time becomes now, so PartnercertsLastRunFailed fires at once instead of the staleness alerts a day on."""
+    target = tk.inventory.metrics_textfile
+    if not target:
+        return
+    from .metrics import mark_run, write_textfile
+    try:
+        try:
+            with open(target, encoding="utf-8") as fh:
+                previous = fh.read()
+        except FileNotFoundError:
+            previous = ""
+        write_textfile(target, mark_run(previous, now))
+        log(f"warning: metrics: {target}: only the run time is new (Vault could not be read)")
+    except (Error, OSError) as exc:
+        log(f"warning: metrics: {exc}")
 
 
 def write_metrics(tk: Toolkit, rows: list[Row], now: dt.datetime, log, path: str | None = None) -> str | None:

@@ -184,8 +184,10 @@ def translated(addr: str, action: str, *, client: hvac.Client | None = None, ask
             remedy=Remedy.BOOTSTRAP) from None
     except hvac.exceptions.Forbidden:
         raise refused(client, addr, action, asked, denied) from None
-    except hvac.exceptions.VaultDown:
-        raise VaultUnavailable(f"Vault at {addr} is sealed or down; unseal it", remedy=Remedy.VAULT_UP) from None
+    except hvac.exceptions.VaultDown as exc:
+        # 503: the server answered, so it is up but sealed, or a standby whose cluster has no active node.
+        raise VaultUnavailable(f"Vault at {addr} is sealed or has no active node ({_first_line(exc).split(',')[0]}); "
+                               "unseal it (bao operator unseal), then run again", remedy=Remedy.VAULT_UP) from None
     except hvac.exceptions.VaultError as exc:
         raise diagnosed(client, addr) or EnvironmentFault(
             f"Vault at {addr} failed {action} ({_first_line(exc)})") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from ..errors import Remedy, UserError
+from ..errors import Error, Remedy, UserError
 from ._ansible import playbook
 from ._common import hinted, info, now, reports_errors, toolkit
 from ._hints import HINTS
@@ -178,7 +178,13 @@ def rotate(c, mzp=None, app=None, dry_run=False, no_deploy=False):
     if report.deploy:
         print(f"deploying {len(report.deploy)} credential(s) to their hosts: {', '.join(report.deploy)}")
         rc = playbook("deploy.yml", tk.settings, extra={"partnercerts_deploy_only": report.deploy})
-    rotation.finish(tk, report, when, rc, log=info)
+    try:
+        rotation.finish(tk, report, when, rc, log=info)
+    except Error as exc:  # Vault lost at the end: what the run did and failed was notified; name every failure
+        also = [f"rotation failed for {', '.join(f.key for f in report.failed)}"] if report.failed else []
+        also += [f"deploying failed on some hosts (ansible-playbook exit {rc})"] if rc else []
+        raise Exit(f"error: the run could not be recorded: {exc.worded(HINTS)}"
+                   + "".join(f"; {line}" for line in also), code=exc.exit_code) from None
     if report.failed:
         raise Exit(f"error: rotation failed for {', '.join(f.key for f in report.failed)} "
                    "(see above); the others were done", code=1)

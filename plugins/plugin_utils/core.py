@@ -33,7 +33,7 @@ else:
 
 # The core's remedies in the words of a playbook user (the core names them by meaning only).
 HINTS = {} if IMPORT_ERROR is not None else {
-    Remedy.VAULT_UP: "start and unseal it",
+    Remedy.VAULT_UP: "",  # the message already says to start or unseal it; no command of a checkout applies here
     Remedy.BOOTSTRAP: "an operator creates it (vault.bootstrap of the partnercerts command, with an operator token)",
     Remedy.MAKE_CSR: "run the rotate playbook with -e partnercerts_rotate_mzp={mzp} -e partnercerts_rotate_app={app}",
     Remedy.ROTATE: "run the rotate playbook with -e partnercerts_rotate_mzp={mzp} -e partnercerts_rotate_app={app}",
@@ -155,17 +155,24 @@ def rotation_finish(run, log, deploy_failures=()):
     deploy_failures: "host: MZP/app: why" of the deploy play, whose hosts do not fail under rotate.yml
     so that this always runs. Returns the result and the failed message (every failure) or None."""
     deploy_failures = [str(f) for f in deploy_failures or []]
+    lost = None
     with user_errors():
         report = _load(run)
         if not report.lock_token:
             return None, None
-        failures = rotation.finish(toolkit(), report, now(), 2 if deploy_failures else 0, log=log)
+        try:
+            failures = rotation.finish(toolkit(), report, now(), 2 if deploy_failures else 0, log=log)
+        except Error as exc:  # Vault lost: the run's events and failures went out; every failure is still named
+            lost, failures = exc.worded(HINTS), []
     out = dict(changed=False, events=[e.message for e in report.events], notify_failures=failures,
                failed_credentials=["%s: %s" % (f.key, f.error) for f in report.failed],
                deploy_failures=deploy_failures)
     lines = ["rotation failed for %s" % line for line in out["failed_credentials"]]
     lines += ["deploy failed on %s" % line for line in deploy_failures]
-    if lines:
+    if lost:
+        lines.append("the run could not be recorded (%s); what it did and what failed was notified, and the next "
+                     "run finishes the job" % lost)
+    elif lines:
         lines.append("the run was recorded, notified and its lock released; the others were done; the next run "
                      "retries these")
     return out, ("; ".join(lines) if lines else None)
@@ -174,6 +181,7 @@ def rotation_finish(run, log, deploy_failures=()):
 def _dump(report):
     """The parts of a report that finish needs, as plain data (no secrets)."""
     return {"lock_token": report.lock_token, "changed": report.changed, "deploy": report.deploy,
+            "imported": report.imported,
             "failed": [[f.key, f.error.worded(HINTS)] for f in report.failed],
             "steps": [[s.mzp, s.app, s.action.value, s.reason, s.hosts_behind] for s in report.steps],
             "events": [[e.kind.value, e.mzp, e.app, e.message, e.details, e.at.isoformat()] for e in report.events]}
@@ -181,7 +189,7 @@ def _dump(report):
 
 def _load(data):
     report = rotation.Report(lock_token=data.get("lock_token", ""), changed=list(data.get("changed", [])),
-                             deploy=list(data.get("deploy", [])),
+                             deploy=list(data.get("deploy", [])), imported=list(data.get("imported", [])),
                              failed=[rotation.Failure(str(k), Error(str(why)))
                                      for k, why in (f if isinstance(f, list) else [f, "failed in the start play"]
                                                     for f in data.get("failed", []))])

@@ -65,7 +65,7 @@ def test_the_leader_dies_while_rotate_writes(cluster, moment, tmp_path, chaos):
         text = first.err
         why = (" (a retried write had landed: check-and-set conflict)" if "changed by another run" in text else
                " (stale read-back)" if "read back" in text else
-               " (no active node within the retry budget)" if "sealed or down" in text or "unreachable" in text else
+               " (no active node within the retry budget)" if "no active node" in text or "unreachable" in text else
                " (" + text.strip().splitlines()[-1][:60] + ")")
     outcome = ("completed through the new leader" if first.rc == 0 else
                f"failed cleanly{why}, next run completed" if last.rc == 0 else "failed, next run failed too")

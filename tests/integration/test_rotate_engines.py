@@ -19,8 +19,13 @@ import yaml
 from partnercerts.lock import Lock
 from partnercerts.settings import Settings
 from partnercerts.store import Store
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, Cli, Raw, free_port
+from tests.faults import conftest as faults
+from tests.faults.conftest import new_mount, unseal
 from tests.integration.test_rotation_prod import set_global, webhook_server
+
+# The fault tests' real sealable OpenBao and their proxy that seals it on an exact request, as fixtures here too.
+sealable, proxies = faults.sealable, faults.proxies
 
 DEMO = "MZP654321"
 BROKEN = "MZP777777"
@@ -131,6 +136,7 @@ def test_a_partner_whose_smtp_is_down_does_not_stop_the_others(engine, cli, raw,
     assert all(got["hosts"].values()), got["hosts"]
     assert got["lock"] == "released" and got["run_recorded"] and not got["succeeded"]
     assert f"certificate_imported {DEMO}/fleet" in got["notified"] and f"deployed {DEMO}/big" in got["notified"]
+    assert f"rotation_failed {BROKEN}/fleet" in got["notified"]  # the failure is notified, not only in the log
     assert any(line.startswith("partnercerts_certificate_expiration") and BROKEN not in line
                for line in got["metrics"])
     # The next run, with the SMTP server still down, retries only what failed, and still says so.
@@ -167,3 +173,56 @@ def test_a_run_holding_the_lock_makes_the_other_change_nothing(engine, cli, raw,
     assert raw.snapshot() == before
     assert not (world["root"] / "hosts").exists()
     lock.release(dt.datetime.now(dt.timezone.utc))
+
+
+@pytest.fixture
+def sealed_world(world, env, inventory, tmp_path, sealable, proxies):
+    """The same world on a single-node raft OpenBao that the test seals for real, reached through a proxy
+    that seals it right after a chosen request: (env, cli, raw, proxy)."""
+    client = sealable.client()
+    proxy = proxies(sealable.nodes[0].addr, sealable.token)
+    mount = new_mount(client)
+    e = {**env, "VAULT_ADDR": proxy.addr, "VAULT_TOKEN": sealable.token, "PARTNERCERTS_KV_MOUNT": mount,
+         "PARTNERCERTS_VAULT_RETRY_SECONDS": "0.3"}
+    c = Cli(e, tmp_path)
+    c.secrets.append(sealable.token)
+    yield e, c, Raw(client, mount), proxy
+    proxy.restore()
+    unseal(sealable)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_vault_sealed_after_the_first_import_is_notified_and_the_next_run_finishes(
+        engine, inventory, tmp_path, world, sealable, sealed_world):
+    env, cli, raw, proxy = sealed_world
+    # An import's last write is the credential's index (custom metadata on `current`): seal right after the first.
+    proxy.arm("POST", rf"/metadata/partnercerts/{DEMO}/apps/(fleet|big)/current$", when="after", action="seal")
+    rc, text = rotate(engine, cli, env, inventory, tmp_path)
+    assert proxy.fired.is_set(), f"the fault never fired; writes: {proxy.writes()}"
+    assert rc != 0, text
+    last = "\n".join(text.strip().splitlines()[-6:])
+    assert "is sealed" in last and "unseal it" in last and f"{DEMO}/big" in last, last
+    # Nothing is silent: the import done, the renewal that failed and the run left unfinished are notified, and the
+    # textfile says a run ran without success (the credential samples wait for a run that can read Vault).
+    kinds = sorted(e["kind"] + " " + e["mzp"] + "/" + e["app"] for batch in world["received"] for e in batch["events"])
+    assert kinds == [f"certificate_imported {DEMO}/fleet", "rotation_failed /", f"rotation_failed {DEMO}/big"], kinds
+    run_failed = [e for batch in world["received"] for e in batch["events"] if not e["mzp"]][0]
+    assert "is sealed" in run_failed["message"] and f"{DEMO}/fleet" in run_failed["message"], run_failed
+    prom = (world["root"] / "metrics" / "partnercerts.prom").read_text()
+    assert re.search(r"^partnercerts_last_run_timestamp_seconds [0-9]+$", prom, re.M), prom
+    assert "partnercerts_last_success" not in prom, prom
+    assert not any(served(world, h, a) for h in "ab" for a in ("fleet", "big"))  # the hosts could not read Vault
+
+    unseal(sealable)
+    got = summary(world, raw, cli)
+    assert got["states"][f"{DEMO}/fleet"][0] == "active" and got["states"][f"{DEMO}/big"][0] != "active", got
+    assert got["lock"] == "held" and not got["run_recorded"], got  # Vault was sealed: nothing could be recorded
+    # Unsealed, the next run takes over the lock of the run that is over and finishes the job.
+    world["received"].clear()
+    rc2, text2 = rotate(engine, cli, env, inventory, tmp_path)
+    assert rc2 == 0, text2
+    assert "took over the rotation lock" in text2 if engine == "inv" else "holds the lock" not in text2
+    got = summary(world, raw, cli)
+    assert got["states"] == {f"{DEMO}/fleet": ("active", "issued", 2, 2), f"{DEMO}/big": ("active", "issued", 2, 2)}
+    assert all(got["hosts"].values()) and got["lock"] == "released" and got["succeeded"], got
+    assert f"certificate_imported {DEMO}/big" in got["notified"] and f"deployed {DEMO}/fleet" in got["notified"]

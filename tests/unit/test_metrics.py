@@ -184,6 +184,19 @@ def test_the_parser_is_strict(bad):
         parse(bad)
 
 
+def test_a_run_that_could_not_read_vault_marks_only_its_run_time():
+    before = metrics.render([row()], now=NOW, last_run=NOW, last_success=NOW)
+    later = NOW + dt.timedelta(days=1)
+    fams = parse(metrics.mark_run(before, later))
+    assert samples(fams, "last_run_timestamp_seconds") == {(): later.timestamp()}
+    assert samples(fams, "last_success_timestamp_seconds") == {(): NOW.timestamp()}  # so the run shows as failed
+    kept = {k: v for k, v in parse(before).items() if k != "partnercerts_last_run_timestamp_seconds"}
+    assert {k: v for k, v in fams.items() if k in kept} == kept
+    # No textfile yet: the run time alone (the failed-run alert has its `unless` branch for it).
+    assert parse(metrics.mark_run("", later)) == {"partnercerts_last_run_timestamp_seconds": {
+        "help": metrics.HELP["last_run_timestamp_seconds"], "type": "gauge", "samples": {frozenset(): later.timestamp()}}}
+
+
 # -- write_textfile ---------------------------------------------------------------------
 
 
