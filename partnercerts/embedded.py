@@ -158,30 +158,35 @@ class Embedded:
         self.port = new
 
     def _start(self) -> dict:
-        self._choose_port()
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
-        (self.dir / "data").mkdir(exist_ok=True, mode=0o700)
-        self.config_file.write_text(
-            CONFIG.format(data=self.dir / "data", port=self.port, cluster_port=self.port + 1))
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen([bao_binary(), "server", servers.embedded_config_arg(self.config_file)],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, cwd=self.dir)
-        # Only now: no server of this directory runs (checked by the caller), so no live pid is overwritten.
-        self.pid_file.write_text(str(proc.pid))
-        deadline = time.monotonic() + 30
-        while (health := self._health()) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                if proc.poll() is None:
-                    proc.kill()
-                if self.pid_file.read_text().strip() == str(proc.pid):
-                    self.pid_file.unlink()
-                raise UserError(f"the embedded OpenBao did not start on 127.0.0.1:{self.port} "
-                                f"(see {self.log_file}); free the port or set PARTNERCERTS_EMBEDDED_PORT")
-            time.sleep(0.1)
-        self.port_file.write_text(f"{self.port}\n")  # every later task of this state directory uses it
-        return health
+        """Start this state directory's server. A start that loses its port to a server that took it at the same
+        moment (another checkout starting too) moves to a free port and tries again, unless the port is pinned."""
+        for _ in range(5):
+            self._choose_port()
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.dir, 0o700)
+            (self.dir / "data").mkdir(exist_ok=True, mode=0o700)
+            self.config_file.write_text(
+                CONFIG.format(data=self.dir / "data", port=self.port, cluster_port=self.port + 1))
+            with open(self.log_file, "ab") as log:
+                proc = subprocess.Popen([bao_binary(), "server", servers.embedded_config_arg(self.config_file)],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True, cwd=self.dir)
+            # Only now: no server of this directory runs (checked by the caller), so no live pid is overwritten.
+            self.pid_file.write_text(str(proc.pid))
+            try:
+                health = servers.wait_serving(proc, self.port, self._health, 30)
+            except TimeoutError:
+                proc.kill()
+                health = None
+            if health is not None:
+                self.port_file.write_text(f"{self.port}\n")  # every later task of this state directory uses it
+                return health
+            if self.pid_file.read_text().strip() == str(proc.pid):
+                self.pid_file.unlink()
+            if self.pinned or not self._busy(self.port):
+                break  # it failed for another reason than its port
+        raise UserError(f"the embedded OpenBao did not start on 127.0.0.1:{self.port} "
+                        f"(see {self.log_file}); free the port or set PARTNERCERTS_EMBEDDED_PORT")
 
     def up(self) -> None:
         """Start (or reuse) the server, then initialise, unseal and mount KV v2 as needed."""

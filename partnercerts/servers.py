@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import UserError
 
 SANDBOX_MODULE = "partnercerts.sandbox.api"  # what the sandbox API's command line runs (python -m)
+
+T = TypeVar("T")
 
 
 def _proc_args(pid: int) -> list[str] | None:
@@ -99,6 +105,42 @@ def _listening_inodes(port: int) -> set[str]:
             if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(fields[9])
     return inodes
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a listening socket on `port` (any address)."""
+    wanted = {f"socket:[{i}]" for i in _listening_inodes(port)}
+    if not wanted:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def wait_serving(proc: subprocess.Popen, port: int, ready: Callable[[], T | None], seconds: float) -> T | None:
+    """Wait until `proc` itself serves `port`: `ready()`'s answer, once it answers and the listener is `proc`.
+
+    A server that answers there but is not `proc` (another checkout's, started at the same moment, that won the
+    port) is never taken for ours. None when `proc` exits first (it lost the port, or failed); TimeoutError when
+    it neither serves nor exits in time."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            return None
+        answer = ready()
+        if answer is not None and listens(proc.pid, port):
+            return answer
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {proc.pid} does not serve port {port} after {seconds:g} s")
+        time.sleep(0.1)
 
 
 def _deleted(path: Path, cwd_of: int) -> bool:

@@ -6,6 +6,7 @@ sandbox command needs it, not when any task starts.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json as jsonlib
 import os
 import signal
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import Remedy, UserError
-from ..servers import SANDBOX_MODULE, bindable, free_port, is_sandbox, port_holder
+from ..servers import SANDBOX_MODULE, bindable, free_port, is_sandbox, port_holder, wait_serving
 from ..settings import DEFAULT_SANDBOX_API_PORT, ROOT, Settings, sandbox_port_file
 
 PORT_ENV = "PARTNERCERTS_SANDBOX_API_PORT"
@@ -98,6 +99,10 @@ def _accepts(addr: str, port: int) -> bool:
         return False
 
 
+def _answers(addr: str, port: int) -> bool | None:
+    return True if _accepts(addr, port) else None
+
+
 def _check_free(settings: Settings, bind: list[str], port: int, pinned: bool) -> int:
     """The port to listen on: `port` when it is free; else, unless pinned, a free one (said on stderr)."""
     exc = bindable(bind, port)
@@ -155,7 +160,35 @@ def start(settings: Settings, port: int, addrs: list[str], pinned: bool = True) 
                             f"{', '.join(_urls(info.get('bind') or [], info.get('port') or 0))}; "
                             "stop it first to start it elsewhere", remedy=Remedy.SANDBOX_DOWN)
         return [f"already running (pid {running}): {', '.join(_urls(addrs, port))}"]
-    port = _check_free(settings, addrs, port, pinned)
+    for _ in range(5):
+        port = _check_free(settings, addrs, port, pinned)
+        proc, offset = _spawn(settings, daemon, port, addrs)
+        try:
+            served = wait_serving(proc, port, functools.partial(_answers, addrs[0], port), START_SECONDS)
+        except TimeoutError:
+            proc.terminate()
+            daemon.clear()
+            raise UserError(f"the sandbox API did not accept connections on port {port} within {START_SECONDS} s "
+                            f"(see {daemon.log_file})") from None
+        if served:
+            break
+        daemon.clear()
+        # Lost the port to a server that took it at the same moment (another checkout's): move on, unless pinned.
+        if pinned or bindable(addrs, port) is None:
+            why = _last_error(daemon.log_file, offset) or f"it exited with status {proc.returncode}"
+            raise UserError(f"the sandbox API did not start: {why} (see {daemon.log_file})")
+    else:
+        raise UserError(f"the sandbox API did not start: every port tried was taken (see {daemon.log_file})")
+    daemon.port_file.write_text(f"{port}\n")
+    from .api import BASE_PATH
+    return [f"sandbox API up (pid {proc.pid}): {', '.join(_urls(addrs, port))}",
+            f"  GET {BASE_PATH}/fleets?client_id=<Client ID> with the credential's certificate and key, "
+            "Basic auth MZP:password; verify the server with the sandbox CA (the partner's ca.crt)",
+            f"  log: {daemon.log_file}"]
+
+
+def _spawn(settings: Settings, daemon: Daemon, port: int, addrs: list[str]) -> tuple[subprocess.Popen, int]:
+    """The server process, its pid and port recorded; with the log offset its errors start at."""
     daemon.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(daemon.dir, 0o700)
     with open(daemon.log_file, "ab") as log:
@@ -168,24 +201,7 @@ def start(settings: Settings, port: int, addrs: list[str], pinned: bool = True) 
     daemon.info_file.write_text(jsonlib.dumps({
         "pid": proc.pid, "port": port, "bind": addrs,
         "started_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}) + "\n")
-    deadline = time.monotonic() + START_SECONDS
-    while not _accepts(addrs[0], port):
-        if proc.poll() is not None:
-            daemon.clear()
-            why = _last_error(daemon.log_file, offset) or f"it exited with status {proc.returncode}"
-            raise UserError(f"the sandbox API did not start: {why} (see {daemon.log_file})")
-        if time.monotonic() > deadline:
-            proc.terminate()
-            daemon.clear()
-            raise UserError(f"the sandbox API did not accept connections on port {port} within {START_SECONDS} s "
-                            f"(see {daemon.log_file})")
-        time.sleep(0.1)
-    daemon.port_file.write_text(f"{port}\n")
-    from .api import BASE_PATH
-    return [f"sandbox API up (pid {proc.pid}): {', '.join(_urls(addrs, port))}",
-            f"  GET {BASE_PATH}/fleets?client_id=<Client ID> with the credential's certificate and key, "
-            "Basic auth MZP:password; verify the server with the sandbox CA (the partner's ca.crt)",
-            f"  log: {daemon.log_file}"]
+    return proc, offset
 
 
 def ensure_running(settings: Settings) -> None:

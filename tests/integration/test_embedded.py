@@ -1,12 +1,11 @@
 """The embedded workstation OpenBao: started on demand, initialised, unsealed, persistent across restarts."""
 import json
-import re
 import stat
 import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, Cli, Result, free_port
+from tests.conftest import ROOT, Cli, free_port
 
 
 @pytest.fixture
@@ -52,53 +51,6 @@ def test_scripts_inv_is_the_entry_point():
     for flag in ("--mzp", "--app", "--cert", "--ca", "--client-id"):
         assert flag in helped.stdout
     assert "Undocumented" not in helped.stdout
-
-
-def test_fresh_clone_rotate_deploys_to_both_local_hosts_with_a_smoke_call(env, tmp_path):
-    """The README's first command on the shipped inventory: embedded Vault, sandbox authority and API, two hosts."""
-    e = {k: v for k, v in env.items() if not k.startswith("VAULT_") and k not in ("PARTNERCERTS_KV_MOUNT",
-                                                                                "PARTNERCERTS_INVENTORY")}
-    e.update(PARTNERCERTS_EMBEDDED_PORT=str(free_port()), PARTNERCERTS_SANDBOX_API_PORT=str(free_port()))
-    cli = Cli(e, tmp_path)
-    state = tmp_path / "state"
-    try:
-        r = cli("rotate")
-        assert "done: 2 credential(s) changed, 2 deployed and verified" in r.out
-        smoke = re.findall(r"TASK \[partnercerts\.psa\.partnercerts_deploy : Smoke call with all three credentials\] "
-                           r"\**\n((?:\w+: \[[\w-]+\]\n)+)", r.out)
-        assert smoke and all(line.startswith("ok:") for block in smoke for line in block.splitlines())
-        assert sum(len(block.splitlines()) for block in smoke) == 4 and "fatal" not in r.out
-        rows = json.loads(cli("status", "--json").out)
-        assert [(x["mzp"], x["app"], x["state"], x["hosts_in_sync"], x["hosts_total"]) for x in rows] == [
-            ("MZP123456", "fleet", "active", 2, 2), ("MZP123456", "telematics", "active", 2, 2)]
-        for host in ("local-a", "local-b"):
-            for row in rows:
-                cur = state / "hosts" / host / f"MZP123456-{row['app']}" / "current"
-                serial = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(cur / "client.crt")],
-                                        capture_output=True, text=True, check=True).stdout.strip()
-                assert serial == f"serial={row['serial']}"
-                assert stat.S_IMODE((cur / "client.key").stat().st_mode) == 0o600
-        # An independent client with the files of local-a, against the sandbox API the run started.
-        cur = state / "hosts" / "local-a" / "MZP123456-fleet" / "current"
-        envfile = dict(line.split("=", 1) for line in (cur / "client.env").read_text().splitlines())
-        cli.secrets += [envfile["PSA_MZP_PASSWORD"], envfile["PSA_P12_PASSWORD"]]
-        curl = subprocess.run(["curl", "-sS", "--cert", str(cur / "client.crt"), "--key", str(cur / "client.key"),
-                               "--cacert", str(cur / "ca.crt"), "-u", f"MZP123456:{envfile['PSA_MZP_PASSWORD']}",
-                               f"{envfile['PSA_API_URL']}/fleets?client_id={envfile['PSA_CLIENT_ID']}"],
-                              capture_output=True, text=True)
-        assert curl.returncode == 0 and json.loads(curl.stdout)["mzp"] == "MZP123456", curl.stderr
-        again = cli("rotate")
-        assert "nothing to do" in again.out and "PLAY" not in again.out
-        assert "failed=0" in cli("verify").out
-        # The README's standalone playbook commands, as written, from the checkout.
-        for argv in (["playbooks/deploy.yml", "--check", "--diff"], ["playbooks/verify.yml"], ["playbooks/rotate.yml"]):
-            p = subprocess.run([".venv/bin/ansible-playbook", "-i", "inventories/local", *argv], cwd=ROOT, env=e,
-                               capture_output=True, text=True, timeout=300)
-            assert p.returncode == 0 and "failed=0" in p.stdout, argv + [p.stdout[-3000:], p.stderr[-2000:]]
-            cli.assert_clean(Result(p.returncode, p.stdout, p.stderr))
-    finally:
-        cli("sandbox.down", ok=False)
-        cli("vault.down", ok=False)
 
 
 def test_the_local_inventory_puts_the_hosts_files_in_the_checkouts_state_dir(tmp_path):

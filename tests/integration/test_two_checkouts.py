@@ -1,7 +1,8 @@
-"""Two state directories side by side (two checkouts): each embedded OpenBao and sandbox API answers only for its own.
+"""Two checkouts side by side: each embedded OpenBao and sandbox API answers only for its own.
 
-Both directories ask for the same port (recorded in their port files, as a checkout does after its first start),
-so the second finds it held by the first's server and must take another one, record it and say so.
+Two fresh clones run the README's first command at the same moment; then two state directories ask for the same
+port (recorded in their port files, as a checkout does after its first start), so the second finds it held by the
+first's server and must take another one, record it and say so.
 """
 import json
 import os
@@ -9,10 +10,11 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import Cli, free_port
+from tests.conftest import ROOT, Cli, Result, free_port
 
 
 def _cli(env: dict, state: Path, **extra: str) -> Cli:
@@ -71,6 +73,118 @@ def _two_free_ports() -> int:
         port = free_port()
         if port < 65000 and _free(port + 1):
             return port
+
+
+def _clone(dst: Path) -> Path:
+    """A fresh clone of this checkout (`git clone`), with the working tree's changes on top, so that a run before
+    a commit tests what is there: no .venv, no .state."""
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(dst)], check=True, timeout=120)
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True, timeout=60).stdout
+    for name in filter(None, (os.fsdecode(n) for n in listed.split(b"\0"))):
+        src, out = ROOT / name, dst / name
+        if src.is_symlink() or src.is_dir():
+            continue  # as cloned (the collection's symlink)
+        if not src.exists():
+            out.unlink(missing_ok=True)  # deleted in the working tree
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out)
+    return dst
+
+
+def _user_env(home: Path) -> dict:
+    """A user's shell: no Vault, partnercerts or Ansible settings; pip's cache is the machine's."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "PARTNERCERTS_", "ANSIBLE_"))}
+    e["PIP_CACHE_DIR"] = os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip")
+    home.mkdir(parents=True, exist_ok=True)
+    e["HOME"] = str(home)
+    return e
+
+
+def _inv(clone: Path, env: dict, *args: str) -> Result:
+    p = subprocess.run([str(clone / "scripts" / "inv"), *args], cwd=clone, env=env, capture_output=True, text=True,
+                       timeout=600)
+    r = Result(p.returncode, p.stdout, p.stderr)
+    Cli(env, clone).assert_clean(r)
+    return r
+
+
+def _served_serial(cur: Path) -> str:
+    return subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(cur / "client.crt")],
+                          capture_output=True, text=True, check=True).stdout.strip().removeprefix("serial=")
+
+
+def test_two_fresh_clones_rotate_side_by_side_and_each_down_leaves_nothing_running(tmp_path):
+    """The README's first command, `scripts/inv rotate`, in two fresh clones at the same moment, on their defaults:
+    embedded OpenBao, sandbox authority and API, the two local hosts, a smoke call from each host."""
+    clones = [_clone(tmp_path / n / "partnercerts") for n in ("a", "b")]
+    envs = [_user_env(tmp_path / n / "home") for n in ("a", "b")]
+    states = [c / ".state" for c in clones]
+    procs = [subprocess.Popen([str(c / "scripts" / "inv"), "rotate"], cwd=c, env=e, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c, e in zip(clones, envs, strict=True)]
+    pids: list[int | None] = []
+    try:
+        outs = [p.communicate(timeout=900) for p in procs]
+        runs = [Result(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
+        for clone, state, r in zip(clones, states, runs, strict=True):
+            c = Cli({}, clone)
+            c.secrets += [(state / "vault" / n).read_text().strip() for n in ("root-token", "unseal-key")
+                          if (state / "vault" / n).exists()]
+            c.assert_clean(r)
+            assert r.rc == 0 and "done: 2 credential(s) changed, 2 deployed and verified" in r.out, (clone, r.text)
+            smoke = re.findall(r"TASK \[partnercerts\.psa\.partnercerts_deploy : Smoke call with all three "
+                               r"credentials\] \**\n((?:\w+: \[[\w-]+\]\n)+)", r.out)
+            assert sum(len(b.splitlines()) for b in smoke) == 4 and all(
+                line.startswith("ok:") for b in smoke for line in b.splitlines()), r.out
+        vaults = [json.loads(_inv(c, e, "vault.status", "--json").out) for c, e in zip(clones, envs, strict=True)]
+        apis = [json.loads(_inv(c, e, "sandbox.status", "--json").out) for c, e in zip(clones, envs, strict=True)]
+        pids += [v["pid"] for v in vaults] + [a["pid"] for a in apis]
+        for state, v, a in zip(states, vaults, apis, strict=True):
+            assert v["running"] and v["state_dir"] == str(state / "vault") and a["running"], (v, a)
+            assert (state / "vault" / "port").read_text().strip() == str(v["port"])
+        assert vaults[0]["port"] != vaults[1]["port"] and apis[0]["port"] != apis[1]["port"], (vaults, apis)
+        assert len(set(pids)) == 4
+
+        # Each clone's hosts serve its own Vault's certificates.
+        for clone, e, state in zip(clones, envs, states, strict=True):
+            rows = json.loads(_inv(clone, e, "status", "--json").out)
+            assert [(x["mzp"], x["app"], x["state"], x["hosts_in_sync"], x["hosts_total"]) for x in rows] == [
+                ("MZP123456", "fleet", "active", 2, 2), ("MZP123456", "telematics", "active", 2, 2)]
+            for host in ("local-a", "local-b"):
+                for row in rows:
+                    cur = state / "hosts" / host / f"MZP123456-{row['app']}" / "current"
+                    assert _served_serial(cur) == row["serial"]
+                    assert (cur / "client.key").stat().st_mode & 0o777 == 0o600
+
+        # An independent client with clone a's files of local-a, against clone a's sandbox API.
+        a, env_a = clones[0], envs[0]
+        cur = states[0] / "hosts" / "local-a" / "MZP123456-fleet" / "current"
+        envfile = dict(line.split("=", 1) for line in (cur / "client.env").read_text().splitlines())
+        assert envfile["PSA_API_URL"].startswith(f"https://127.0.0.1:{apis[0]['port']}/"), envfile["PSA_API_URL"]
+        curl = subprocess.run(["curl", "-sS", "--cert", str(cur / "client.crt"), "--key", str(cur / "client.key"),
+                               "--cacert", str(cur / "ca.crt"), "-u", f"MZP123456:{envfile['PSA_MZP_PASSWORD']}",
+                               f"{envfile['PSA_API_URL']}/fleets?client_id={envfile['PSA_CLIENT_ID']}"],
+                              capture_output=True, text=True, timeout=60)
+        assert curl.returncode == 0 and json.loads(curl.stdout)["mzp"] == "MZP123456", curl.stderr
+        again = _inv(a, env_a, "rotate")
+        assert again.rc == 0 and "nothing to do" in again.out and "PLAY" not in again.out, again.text
+        assert "failed=0" in _inv(a, env_a, "verify").out
+        # The README's standalone playbook commands, as written, in the clone.
+        for argv in (["playbooks/deploy.yml", "--check", "--diff"], ["playbooks/verify.yml"], ["playbooks/rotate.yml"]):
+            p = subprocess.run([".venv/bin/ansible-playbook", "-i", "inventories/local", *argv], cwd=a, env=env_a,
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0 and "failed=0" in p.stdout, argv + [p.stdout[-3000:], p.stderr[-2000:]]
+            Cli({}, a).assert_clean(Result(p.returncode, p.stdout, p.stderr))
+
+        # Each clone's down stops its own servers and leaves nothing running.
+        for clone, e in zip(clones, envs, strict=True):
+            assert _inv(clone, e, "sandbox.down").out.strip() == "stopped"
+            assert _inv(clone, e, "vault.down").out.strip() == "stopped"
+        assert not any(_alive(p) for p in pids)
+        assert all(_free(v["port"]) and _free(v["port"] + 1) for v in vaults) and all(_free(x["port"]) for x in apis)
+    finally:
+        _stop_all(*states, pids=pids)
 
 
 def test_two_state_dirs_on_the_same_port_each_run_and_stop_their_own(env, tmp_path):

@@ -193,8 +193,9 @@ def test_a_run_that_could_not_read_vault_marks_only_its_run_time():
     kept = {k: v for k, v in parse(before).items() if k != "partnercerts_last_run_timestamp_seconds"}
     assert {k: v for k, v in fams.items() if k in kept} == kept
     # No textfile yet: the run time alone (the failed-run alert has its `unless` branch for it).
-    assert parse(metrics.mark_run("", later)) == {"partnercerts_last_run_timestamp_seconds": {
-        "help": metrics.HELP["last_run_timestamp_seconds"], "type": "gauge", "samples": {frozenset(): later.timestamp()}}}
+    alone = {"help": metrics.HELP["last_run_timestamp_seconds"], "type": "gauge",
+             "samples": {frozenset(): later.timestamp()}}
+    assert parse(metrics.mark_run("", later)) == {"partnercerts_last_run_timestamp_seconds": alone}
 
 
 # -- write_textfile ---------------------------------------------------------------------
