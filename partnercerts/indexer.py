@@ -99,6 +99,8 @@ class Indexer:
         fields are carried over from the existing index, and only custom metadata is written
         (its policy may not change max_versions).
         """
+        if not pending_from_index:
+            self.store.upgrade_index(now)  # once: the index moves to its own folder (store.py, layout 2)
         cur = self.store.current(mzp, app)
         pend: Versioned[Pending] | None = None
         if not pending_from_index:

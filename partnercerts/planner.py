@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import Remedy
 from .indexer import Found, Indexer, notes_of
 from .inventory import Application, Inventory, Partner
 from .keymaker import KeyMaker
 from .lifecycle import Action, Step, days_left, last_sent, plan_one, stage_of, state_of
-from .pending import PendingKeys
 from .store import Index, Store
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .pending import PendingKeys
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,8 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
 
 
 class Planner:
-    def __init__(self, inventory: Inventory, store: Store, index: Indexer, pending: PendingKeys):
+    def __init__(self, inventory: Inventory, store: Store, index: Indexer, pending: Callable[[], PendingKeys]):
+        """pending: gives the PendingKeys the plan hands its key maker to (made when a plan needs it)."""
         self.inventory = inventory
         self.store = store
         self.index = index
@@ -166,7 +172,7 @@ class Planner:
         for partner, application in creds:
             key = f"{partner.mzp}/{application.name}"
             index, stale = found[key]
-            if stale:
+            if stale or (index is not None and index.marked()):  # marked: a write of current began after it
                 index = self.index.reindex(partner.mzp, application.name, now)
                 found[key] = (index, False)
             steps.append(plan_one(partner.mzp, application.name, index, now, partner.renew_before_days))
@@ -174,6 +180,6 @@ class Planner:
         # The keys this plan will make, made ahead in parallel processes once the first is asked for
         # (never in a dry run, which asks for none).
         specs = {(p.mzp, a.name): (a.key_spec, p.subject) for p, a in creds}
-        self.pending.keys = KeyMaker([(s.mzp, s.app, *specs[(s.mzp, s.app)]) for s in steps
+        self.pending().keys = KeyMaker([(s.mzp, s.app, *specs[(s.mzp, s.app)]) for s in steps
                                       if s.action in (Action.ISSUE, Action.RENEW)])
         return steps

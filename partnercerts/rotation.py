@@ -117,6 +117,7 @@ def start(tk: Toolkit, now: dt.datetime, *, mzp: str | None = None, app: str | N
             return report
         report.lock_token = lock.token
         report.took_over = lock.took_over
+        tk.store.upgrade_index(now)  # once, under the lock: the index moves to its own folder (store.py)
     if tk.replies.configured(mzp):
         report.replies = tk.replies.run(now, mzp=mzp, dry_run=dry_run)
         absorb_replies(report, report.replies, now)

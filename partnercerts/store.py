@@ -20,9 +20,18 @@ Layout under the KV v2 mount (default `secret`) and prefix (default `partnercert
     <prefix>/locks/rotate                         LockRecord: holder, token, expiry (no secrets)
     <prefix>/runs/rotate                          RunRecord: last run and last success (also in
                                                   its custom metadata, for the auditor)
+    <prefix>/index/<mzp>.<app>                    Index (custom metadata only, no data): serial, not_after,
+                                                  Client ID, pending_since, hosts in sync, ... (no secrets)
+    <prefix>/layout                               custom metadata `index`: 2 once the index lives in
+                                                  <prefix>/index/ (layout 1 kept it in the custom metadata
+                                                  of each `current`; the first rotator run moves it, once)
 
-The custom metadata of `current` is the credential's `Index` (serial, not_after, Client ID,
-pending_since, ...): `status` and the rotation plan read only that, never secret data. Every
+`status` and the rotation plan read only the index, never secret data. The index entries sit side by
+side in one folder so that OpenBao (2.2+) returns all of them in a few pages of one listing
+(`LIST <mount>/detailed-metadata/<prefix>/index/`); on a server without that endpoint (HashiCorp
+Vault) or a policy without it, each entry is read by itself, pipelined, with the same result. A write
+of `current` first marks its index (`writing`: the version being written), so an index a crash left
+behind that write is still found stale without reading `current` for every credential. Every
 data write uses check-and-set; nothing here deletes or destroys. Records are dataclasses with an
 explicit conversion to and from Vault data (`from_data`, `to_data`); fields a newer version
 wrote and this one does not know are kept (`extra`) and written back unchanged.
@@ -33,6 +42,7 @@ import datetime as dt
 import enum
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import quote
 
 import hvac
 
@@ -44,6 +54,9 @@ from .vault import Asked, missing_mount, translated
 # KV v2 prunes versions past max_versions (mount default 10); keep far more so no key version is destroyed.
 MAX_VERSIONS = 1000
 INDEX_SCHEMA = "1"
+INDEX_LAYOUT = 2     # 1: the index in the custom metadata of `current`; 2: in <prefix>/index/<mzp>.<app>
+LIST_PAGE = 1000     # index entries per page of the detailed listing
+FEW = 8              # fewer credentials than this are read one by one (pipelined), not listed
 
 
 def iso(t: dt.datetime) -> str:
@@ -331,6 +344,11 @@ class Index:
     withdrawn_at: str = ""            # rekey --withdraw: the current certificate is removed from its hosts
     withdrawn_by: str = ""
     updated_at: str = ""
+    writing: str = ""                 # a write of `current` to this version began after the index was derived
+
+    def marked(self) -> bool:
+        """Whether a write of `current` began after this index was derived (it may be stale)."""
+        return bool(self.writing)
 
     @classmethod
     def from_custom(cls, custom: dict | None) -> "Index":
@@ -368,6 +386,8 @@ class KV:
         self.addr = client.adapter.base_uri
         self._reader = KeepAliveReader.for_client(client, settings.vault)
         self._mount_checked = False
+        self._layout: int | None = None
+        self._detailed: bool | None = None  # whether the detailed listing answers (None: not tried yet)
 
     # -- raw KV v2 ------------------------------------------------------------------
     def _call(self, method: str, url: str, **kw):
@@ -495,6 +515,15 @@ class Store(KV):
     def runs_path(self, name: str = "rotate") -> str:
         return f"{self.prefix}/runs/{name}"
 
+    def index_path(self, mzp: str, app: str) -> str:
+        return f"{self.index_folder()}/{mzp}.{app}"
+
+    def index_folder(self) -> str:
+        return f"{self.prefix}/index"
+
+    def layout_path(self) -> str:
+        return f"{self.prefix}/layout"
+
     def sandbox_path(self) -> str:
         return f"{self.prefix}/sandbox/authority"
 
@@ -524,7 +553,17 @@ class Store(KV):
         return self._get(self.current_path(mzp, app), Issued)
 
     def put_current(self, mzp: str, app: str, record: Issued, cas: int) -> int:
-        return self._put(self.current_path(mzp, app), record, cas)
+        """Write `current`; its index is marked first (the version being written), so that a crash before the
+        index is derived again leaves an index that is checked against `current` and repaired."""
+        if self.index_layout() >= INDEX_LAYOUT:
+            path = self.index_path(mzp, app)
+            custom = self.read_custom(path)
+            self.write_custom(path, {"schema": INDEX_SCHEMA, **custom, "writing": str(cas + 1)})
+        version = self._put(self.current_path(mzp, app), record, cas)
+        if version == 1 and self.index_layout() >= INDEX_LAYOUT:  # layout 1 raised it with every index write
+            self._call("post", f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}",
+                       json={"max_versions": MAX_VERSIONS})
+        return version
 
     def history(self, mzp: str, app: str, serial: str) -> Versioned[Issued] | None:
         return self._get(self.history_path(mzp, app, serial), Issued)
@@ -597,19 +636,127 @@ class Store(KV):
             pass  # another run recorded itself at the same moment
         self.write_custom(path, record.to_data(), max_versions=None if rec else MAX_VERSIONS)
 
-    # -- the credential index (custom metadata of `current`) -------------------------
+    # -- the credential index (<prefix>/index/<mzp>.<app>; layout 1: custom metadata of `current`) --------
+    def index_layout(self) -> int:
+        """Where the index lives (read once per Store): INDEX_LAYOUT, or 1 until a rotator run moved it."""
+        if self._layout is None:
+            value = self.read_custom(self.layout_path()).get("index", "1")
+            try:
+                self._layout = int(value)
+            except ValueError:
+                self._layout = 0
+            if self._layout > INDEX_LAYOUT or self._layout < 1:
+                raise NotSetUp(f"{self.mount}/{self.layout_path()} at {self.addr} says the index layout is "
+                               f"{value!r}, which this partnercerts does not know (it knows 1 and {INDEX_LAYOUT}); "
+                               "run the partnercerts that wrote it, or upgrade this one")
+        return self._layout
+
+    def upgrade_index(self, now: dt.datetime) -> int:
+        """Move every credential's index out of the custom metadata of its `current` into <prefix>/index/, once
+        (layout 1 to 2), and record the layout; returns how many were moved (0 when already done). Safe to
+        repeat after a crash: an entry is copied again and the layout is recorded last. An index that was
+        stale stays marked as such (`writing`), so the next plan derives it again. The old copies are left
+        where they were (nothing here deletes) and are no longer read."""
+        if self.index_layout() >= INDEX_LAYOUT:
+            return 0
+        from .profile import MZP_RE
+        pairs = [(mzp, app) for mzp in (e.rstrip("/") for e in self.list(self.prefix) if e.endswith("/"))
+                 if MZP_RE.fullmatch(mzp) for app in self.applications(mzp)]
+        moved = 0
+        for (mzp, app), found in zip(pairs, self._legacy_indexes(pairs), strict=True):
+            if found is None or not found[0].updated_at:
+                continue  # never indexed
+            index, version = found
+            if index.current_version != str(version):
+                index.writing = str(version)
+            self.write_custom(self.index_path(mzp, app), index.to_custom())
+            moved += 1
+        self.write_custom(self.layout_path(), {"index": str(INDEX_LAYOUT), "since": iso(now), "moved": str(moved)})
+        self._layout = INDEX_LAYOUT
+        return moved
+
     def read_index(self, mzp: str, app: str) -> tuple[Index, int] | None:
         """The index and the real version of `current`; None when the credential was never touched."""
-        return self._index(self._call("get", f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}"))
+        return self.read_indexes([(mzp, app)])[0]
 
     def read_indexes(self, pairs: list[tuple[str, str]]) -> list[tuple[Index, int] | None]:
-        """read_index() of many credentials (mzp, app), in order, in as few round trips as the server allows."""
-        urls = [f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}" for mzp, app in pairs]
+        """read_index() of many credentials (mzp, app), in order, in as few round trips as the server allows:
+        a few pages of the detailed listing where OpenBao offers it, else one pipelined read per credential.
+        The version is that of `current` when the index is marked (read then), else the one it was derived
+        from."""
+        if self.index_layout() < INDEX_LAYOUT:
+            return self._legacy_indexes(pairs)
+        keys = [f"{mzp}.{app}" for mzp, app in pairs]
+        listed = self._listed_indexes(keys) if len(keys) >= FEW else None
+        if listed is not None:
+            customs = [listed.get(k) for k in keys]
+        else:
+            got = self._get_many([f"/v1/{self.mount}/metadata/{self.index_path(m, a)}" for m, a in pairs])
+            customs = [((r or {}).get("data") or {}).get("custom_metadata") if r else None for r in got]
+        found: list[tuple[Index, int] | None] = [None] * len(pairs)
+        marked = []
+        for i, custom in enumerate(customs):
+            if not custom:
+                continue
+            index = Index.from_custom(custom)
+            found[i] = (index, int(index.current_version or 0) if index.current_version.isdigit() else -1)
+            if index.marked():
+                marked.append(i)
+        if marked:
+            versions = self._get_many([f"/v1/{self.mount}/metadata/{self.current_path(*pairs[i])}" for i in marked])
+            for i, resp in zip(marked, versions, strict=True):
+                index = found[i][0]  # type: ignore[index]  # marked entries were found
+                found[i] = (index, int(((resp or {}).get("data") or {}).get("current_version") or 0))
+        return found
+
+    def _get_many(self, urls: list[str]) -> list:
+        """GETs of `urls` in order, pipelined where the reader allows it."""
         if self._reader is None or len(urls) < 2:
-            return [self._index(self._call("get", url)) for url in urls]
-        got = self._reader.get_many(urls)
-        return [self._index(self._adapter_call("get", url) if resp is DELEGATE else resp)
-                for url, resp in zip(urls, got, strict=True)]
+            return [self._call("get", url) for url in urls]
+        return [self._adapter_call("get", url) if resp is DELEGATE else resp
+                for url, resp in zip(urls, self._reader.get_many(urls), strict=True)]
+
+    def _legacy_indexes(self, pairs: list[tuple[str, str]]) -> list[tuple[Index, int] | None]:
+        """Layout 1: the index in the custom metadata of `current`, beside current's real version."""
+        return [self._index(r) for r in
+                self._get_many([f"/v1/{self.mount}/metadata/{self.current_path(m, a)}" for m, a in pairs])]
+
+    def _listed_indexes(self, keys: list[str]) -> dict[str, dict] | None:
+        """The custom metadata of the index entries from the first to the last of `keys` (in Vault's order),
+        from pages of `LIST <mount>/detailed-metadata/<prefix>/index/`; None when the server or the policy
+        does not offer that listing (then, for the rest of this Store, the entries are read one by one)."""
+        if self._detailed is False:
+            return None
+        first, last = min(keys), max(keys)
+        # The listing starts after a name; the one just before `first` (names are [A-Za-z0-9._-]).
+        after = quote(first[:-1] + chr(ord(first[-1]) - 1) + "~", safe="")
+        base = f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/"
+        out: dict[str, dict] = {}
+        while True:
+            url = f"{base}?list=true&limit={LIST_PAGE}&after={after}"
+            with translated(self.addr, f"LIST {self.mount}/detailed-metadata/{self.index_folder()}/",
+                            client=self.client, asked=self._asked("list", base)):
+                try:
+                    resp = self.client.adapter.get(url)
+                except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest,
+                        hvac.exceptions.UnsupportedOperation):
+                    # 404 (no such endpoint, or nothing listed) or 403/400/405: on the first page this
+                    # may be a server or policy without the listing: read one by one (the same answer).
+                    resp = None
+            data = (resp or {}).get("data") if isinstance(resp, dict) else None
+            names = list((data or {}).get("keys") or [])
+            if not names:
+                if not out and self._detailed is None:
+                    self._detailed = False
+                    return None
+                return out
+            self._detailed = True
+            info = data.get("key_info") or {}  # type: ignore[union-attr]  # names came from data
+            for name in names:
+                out[name] = dict((info.get(name) or {}).get("custom_metadata") or {})
+            if len(names) < LIST_PAGE or names[-1] >= last:
+                return out
+            after = quote(names[-1], safe="")
 
     @staticmethod
     def _index(resp) -> tuple[Index, int] | None:
@@ -619,7 +766,13 @@ class Store(KV):
         return Index.from_custom(meta.get("custom_metadata")), int(meta.get("current_version") or 0)
 
     def write_index(self, mzp: str, app: str, index: Index, custom_only: bool = False) -> None:
-        """Write the index; custom_only for the deployer, whose policy may not change max_versions."""
+        """Write the index (clears a `writing` mark); custom_only for the deployer, whose policy may not change
+        max_versions (which layout 1 raised on `current` with the index)."""
+        if self.index_layout() >= INDEX_LAYOUT:
+            index.writing = ""
+            self._call("post", f"/v1/{self.mount}/metadata/{self.index_path(mzp, app)}",
+                       json={"custom_metadata": index.to_custom()})
+            return
         body: dict[str, Any] = {"custom_metadata": index.to_custom()}
         if not custom_only:
             body["max_versions"] = MAX_VERSIONS

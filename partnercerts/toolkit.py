@@ -15,32 +15,67 @@ A rotation run (`rotation.start`/`finish`) composes them.
 """
 from __future__ import annotations
 
-from .hostreports import HostReports
-from .importer import Importer
+from functools import cached_property
+from typing import TYPE_CHECKING
+
 from .indexer import Indexer
 from .inventory import Inventory
-from .passwords import Passwords
-from .pending import PendingKeys
 from .planner import Planner
-from .replies import Replies
 from .settings import Settings
 from .store import Store
-from .submitter import Submitter
+
+if TYPE_CHECKING:
+    from .hostreports import HostReports
+    from .importer import Importer
+    from .passwords import Passwords
+    from .pending import PendingKeys
+    from .replies import Replies
+    from .submitter import Submitter
 
 
 class Toolkit:
+    """The services are made, and their modules imported, when first used: `status` needs the planner and the
+    index only, so it starts without the importer, the transports and the mailbox (e-mail, IMAP, TLS)."""
+
     def __init__(self, settings: Settings, inventory: Inventory, store: Store):
         self.settings = settings
         self.inventory = inventory
         self.store = store
         self.index = Indexer(store)
-        self.pending = PendingKeys(inventory, store, self.index)
-        self.importer = Importer(settings, inventory, store, self.pending, self.index)
-        self.passwords = Passwords(inventory, store)
-        self.submitter = Submitter(settings, inventory, store, self.index, self.importer, self.passwords)
-        self.planner = Planner(inventory, store, self.index, self.pending)
-        self.hosts = HostReports(store, self.index)
-        self.replies = Replies(settings, inventory, store, self.importer, self.passwords)
+
+    @cached_property
+    def pending(self) -> PendingKeys:
+        from .pending import PendingKeys
+        return PendingKeys(self.inventory, self.store, self.index)
+
+    @cached_property
+    def importer(self) -> Importer:
+        from .importer import Importer
+        return Importer(self.settings, self.inventory, self.store, self.pending, self.index)
+
+    @cached_property
+    def passwords(self) -> Passwords:
+        from .passwords import Passwords
+        return Passwords(self.inventory, self.store)
+
+    @cached_property
+    def submitter(self) -> Submitter:
+        from .submitter import Submitter
+        return Submitter(self.settings, self.inventory, self.store, self.index, self.importer, self.passwords)
+
+    @cached_property
+    def planner(self) -> Planner:
+        return Planner(self.inventory, self.store, self.index, lambda: self.pending)
+
+    @cached_property
+    def hosts(self) -> HostReports:
+        from .hostreports import HostReports
+        return HostReports(self.store, self.index)
+
+    @cached_property
+    def replies(self) -> Replies:
+        from .replies import Replies
+        return Replies(self.settings, self.inventory, self.store, self.importer, self.passwords)
 
     @classmethod
     def open(cls, settings: Settings | None = None, env: dict | None = None) -> "Toolkit":

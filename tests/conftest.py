@@ -94,6 +94,11 @@ class Raw:
         except hvac.exceptions.InvalidPath:
             return None
 
+    def index(self, cred: str) -> dict:
+        """The credential index of "MZP/apps/app" (custom metadata of <prefix>/index/MZP.app), {} when absent."""
+        mzp, _, app = cred.partition("/apps/")
+        return dict((self.meta(f"index/{mzp}.{app}") or {}).get("custom_metadata") or {})
+
     def snapshot(self) -> dict:
         """Every path under the prefix with its full version history: to prove nothing changed."""
         out = {}

@@ -3,8 +3,9 @@
 # MAY     create, read, update and list every record under {{mount}}/{{prefix}}/: pending keys and
 #         CSRs, current, history, host reports, account passwords, the sandbox authority and the
 #         rotation lock at {{prefix}}/locks/rotate;
-#         read, list, create and update their KV v2 metadata (the custom metadata of `current` is
-#         the credential index; max_versions is raised to 1000 so KV v2 prunes nothing);
+#         read, list, create and update their KV v2 metadata (the credential index is custom
+#         metadata under {{prefix}}/index/; max_versions is raised to 1000 so KV v2 prunes nothing);
+#         list the index with its metadata in pages ({{mount}}/detailed-metadata/{{prefix}}/index/);
 #         read the mount check sys/internal/ui/mounts/{{mount}}.
 # MAY NOT delete, undelete or destroy any version ({{mount}}/delete|undelete|destroy/, denied
 #         explicitly so a broader policy attached by mistake cannot grant it); delete metadata
@@ -22,6 +23,10 @@ path "{{mount}}/metadata/{{prefix}}/*" {
   denied_parameters = {
     "delete_version_after" = []
   }
+}
+
+path "{{mount}}/detailed-metadata/{{prefix}}/index/" {
+  capabilities = ["list"]
 }
 
 path "{{mount}}/delete/{{prefix}}/*" {

@@ -4,13 +4,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import sys
+from typing import TYPE_CHECKING
 
 from invoke.exceptions import Exit
 
 from ..errors import Error, Remedy, UserError, with_hint
 from ..settings import Settings
-from ..toolkit import Toolkit
 from ._hints import HINTS
+
+if TYPE_CHECKING:
+    from ..toolkit import Toolkit
 
 
 def now() -> dt.datetime:
@@ -27,6 +30,9 @@ def debugging() -> bool:
 
 
 def toolkit() -> Toolkit:
+    # Imported here, not above: `--list`, `--help` and every task that fails on its input start without the
+    # core (hvac, requests, cryptography), a good part of a short command's start-up.
+    from ..toolkit import Toolkit
     return Toolkit.open()
 
 

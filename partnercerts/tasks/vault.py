@@ -4,19 +4,24 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke import task
 
-from .. import bootstrap as setup
 from .. import policies
-from ..embedded import Embedded
 from ..errors import UserError
 from ..settings import Settings
-from ..vault import connect
 from ._common import info, reports_errors
+
+if TYPE_CHECKING:
+    from ..embedded import Embedded
+
+# The Vault client (hvac, requests) and the embedded server are imported by the tasks that use them, so that
+# every other command starts without them.
 
 
 def _embedded() -> Embedded:
+    from ..embedded import Embedded
     settings = Settings.from_env()
     if settings.vault.addr:
         raise UserError("VAULT_ADDR is set, so the embedded server is not used; unset VAULT_ADDR to manage it")
@@ -69,6 +74,8 @@ def bootstrap(c, role_ids=False):
     embedded server.
     """
     settings = Settings.from_env()
+    from .. import bootstrap as setup
+    from ..vault import connect
     policies.rendered(settings.kv_mount, settings.prefix)  # a bad mount or prefix is refused before connecting
     for line in setup.bootstrap(connect(settings), settings, role_ids=role_ids):
         print(line)
@@ -85,6 +92,8 @@ def secret_id(c, role, out=None):
     Prints VAULT_ROLE_ID and VAULT_SECRET_ID lines, the environment the tasks log in with, or
     writes them to a 0600 file with --out. Needs an operator token.
     """
+    from .. import bootstrap as setup
+    from ..vault import connect
     if role not in policies.ROLES:
         raise UserError(f"--role {role!r}: use one of {', '.join(policies.ROLES)}")
     path = Path(out) if out else None

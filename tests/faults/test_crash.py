@@ -15,13 +15,13 @@ from tests.faults.conftest import MZP, audit, kill_group, make_world, new_mount,
 
 APP = "fleet"
 CRED = rf"/data/partnercerts/{MZP}/apps/{APP}"
-META = rf"/metadata/partnercerts/{MZP}/apps/{APP}"
+INDEX = rf"/metadata/partnercerts/index/{MZP}\.{APP}$"
 
 # (name, submission, command, (method, path, n-th, before/after))
 POINTS = [
     ("rotate: lock taken", "outbox", "rotate", ("POST", r"/data/partnercerts/locks/rotate$", 1, "after")),
     ("rotate: pending key written", "outbox", "rotate", ("POST", CRED + "/pending$", 1, "after")),
-    ("rotate: pending key indexed", "outbox", "rotate", ("POST", META + "/current$", 1, "after")),
+    ("rotate: pending key indexed", "outbox", "rotate", ("POST", INDEX, 1, "after")),
     ("rotate: Message-ID recorded, CSR not yet released", "outbox", "rotate", ("POST", CRED + "/pending$", 2, "after")),
     ("rotate: CSR released, submission not recorded", "outbox", "rotate", ("POST", CRED + "/pending$", 3, "before")),
     ("rotate: submission recorded", "outbox", "rotate", ("POST", CRED + "/pending$", 3, "after")),
@@ -32,6 +32,7 @@ POINTS = [
     ("rotate (sandbox): current written, tombstone not", "sandbox", "rotate", ("POST", CRED + "/current$", 1, "after")),
     ("rotate (sandbox): tombstone written, index not", "sandbox", "rotate", ("POST", CRED + "/pending$", 2, "after")),
     ("import-cert: history written, current not", "outbox", "import", ("POST", CRED + r"/history/\w+$", 1, "after")),
+    ("import-cert: index marked, current not", "outbox", "import", ("POST", INDEX, 1, "after")),
     ("import-cert: current written, tombstone not", "outbox", "import", ("POST", CRED + "/current$", 1, "after")),
     ("import-cert: tombstone written, index not", "outbox", "import", ("POST", CRED + "/pending$", 1, "after")),
 ]

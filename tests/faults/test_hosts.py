@@ -86,7 +86,7 @@ class Fleet:
         return self.w.raw.read(f"{MZP}/apps/{APP}/current")["data"]["serial"]
 
     def in_sync(self) -> tuple[str, str]:
-        custom = self.w.raw.meta(f"{MZP}/apps/{APP}/current")["custom_metadata"] or {}
+        custom = self.w.raw.index(f"{MZP}/apps/{APP}")
         return custom.get("hosts_in_sync", ""), custom.get("hosts_total", "")
 
     def releases(self):

@@ -40,13 +40,14 @@ ROTATION_STEPS = {
     "after the key is stored, before the CSR is released": ("POST", CRED + "/pending$", 1, "after"),
     "after the CSR is released, before its submission is recorded": ("POST", CRED + "/pending$", 3, "before"),
 }
-# Where an import loses Vault: history, current, the pending tombstone, the index (custom metadata).
+# Where an import loses Vault: history, the index marked, current, the pending tombstone, the index derived.
+INDEX = r"/metadata/partnercerts/index/" + MZP + r"\." + APP + "$"
 IMPORT_STEPS = {
     "import: before the history entry": ("POST", CRED + r"/history/[0-9A-F]+$", 1, "before", "cut"),
+    "import: history written, index marked, before current": ("POST", INDEX, 1, "after", "cut"),
     "import: history written, before current": ("POST", CRED + "/current$", 1, "before", "seal"),
     "import: current written, before the tombstone": ("POST", CRED + "/pending$", 1, "before", "cut"),
-    "import: tombstone written, before the index": ("POST", r"/metadata/partnercerts/" + MZP + "/apps/" + APP
-                                                    + "/current$", 1, "before", "seal"),
+    "import: tombstone written, before the index": ("POST", INDEX, 2, "before", "seal"),
 }
 
 

@@ -34,7 +34,7 @@ def test_csr_key_lives_only_in_vault_and_matches(cli, raw, tmp_path):
     assert key.key_size == 2048
     assert pending["data"]["key_sha256"] in r.err
     # The index in custom metadata says pending, without any secret in it.
-    meta = raw.meta(f"{CRED}/current")["custom_metadata"]
+    meta = raw.index(CRED)
     assert meta["pending_since"] and "key_pem" not in meta
     # Nothing key-like landed on the control node's disk.
     found = subprocess.run(["grep", "-rl", "PRIVATE KEY", str(tmp_path)], capture_output=True, text=True).stdout

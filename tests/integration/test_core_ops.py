@@ -64,12 +64,25 @@ def test_rotate_resumes_an_interrupted_run_with_the_same_key(cli, raw):
 
 def test_stale_index_is_shown_and_repaired(cli, raw):
     cli("rotate", "--mzp", "MZP654321", "--app", "fleet")
-    path = f"partnercerts/{CRED}/current"
-    raw.c.secrets.kv.v2.update_metadata(path, custom_metadata={"schema": "1"}, mount_point=raw.mount)
+    # A run that died between writing current and deriving the index again: the index is marked
+    # (`writing`, the version being written, as Store.put_current marks it), current is one version ahead.
+    index = raw.index(CRED)
+    cur = raw.read(f"{CRED}/current")
+    kv = raw.c.secrets.kv.v2
+    kv.update_metadata(f"partnercerts/index/{CRED.replace('/apps/', '.')}", mount_point=raw.mount,
+                       custom_metadata={**index, "writing": str(cur["metadata"]["version"] + 1),
+                                        "client_id": "the-old-client-id"})
+    kv.create_or_update_secret(f"partnercerts/{CRED}/current", {**cur["data"]}, cas=cur["metadata"]["version"],
+                               mount_point=raw.mount)
     st = cli("status")
     assert "index is stale" in st.err
+    assert "the-old-client-id" in st.out  # status shows what the index says, and says it is stale
     cli("rotate")
-    assert raw.meta(f"{CRED}/current")["custom_metadata"]["serial"] == raw.read(f"{CRED}/current")["data"]["serial"]
+    repaired = raw.index(CRED)
+    assert repaired["serial"] == raw.read(f"{CRED}/current")["data"]["serial"]
+    assert repaired["current_version"] == str(cur["metadata"]["version"] + 1) and "writing" not in repaired
+    assert repaired["client_id"] == cur["data"]["client_id"]
+    assert "index is stale" not in cli("status").err
 
 
 def test_status_needs_metadata_only(cli, bao, mount, raw):

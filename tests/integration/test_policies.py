@@ -15,6 +15,7 @@ from tests.integration.test_core_csr import CRED
 
 ROLES = ("rotator", "deployer", "auditor")
 P = "partnercerts"
+IDX = "index/MZP654321.fleet"  # the index of CRED, under P
 
 
 def bootstrap(cli, mount, *args, **env):
@@ -156,11 +157,17 @@ def test_auditor_runs_status_and_reads_no_data(cli, bao, mount, raw, rotated, ro
                  f"{CRED}/hosts", "sandbox/authority"):
         denied(read, a, mount, path)
     denied(a.adapter.get, f"/v1/{mount}/subkeys/{P}/{CRED}/current")
-    assert kv(a).read_secret_metadata(f"{P}/{CRED}/current", mount_point=mount)["data"]["custom_metadata"]["serial"]
+    assert kv(a).read_secret_metadata(f"{P}/{IDX}", mount_point=mount)["data"]["custom_metadata"]["serial"]
+    # The index folder, listed with every entry's metadata in one request (OpenBao's detailed listing)...
+    listed = a.adapter.get(f"/v1/{mount}/detailed-metadata/{P}/index/?list=true")["data"]
+    assert listed["key_info"]["MZP654321.fleet"]["custom_metadata"]["serial"] == rotated["serial"]
+    # ...and no other folder: there, metadata of records the auditor may not read would show.
+    denied(a.adapter.get, f"/v1/{mount}/detailed-metadata/{P}/MZP654321/apps/fleet/?list=true")
     assert "MZP654321/" in kv(a).list_secrets(P, mount_point=mount)["data"]["keys"]
     denied(kv(a).create_or_update_secret, f"{P}/{CRED}/current", secret={"x": "1"}, mount_point=mount)
     denied(kv(a).create_or_update_secret, f"{P}/new", secret={"x": "1"}, mount_point=mount)
     denied(kv(a).update_metadata, f"{P}/{CRED}/current", custom_metadata={"serial": "x"}, mount_point=mount)
+    denied(kv(a).update_metadata, f"{P}/{IDX}", custom_metadata={"serial": "x"}, mount_point=mount)
     denied(kv(a).delete_metadata_and_all_versions, f"{P}/{CRED}/current", mount_point=mount)
     r = cli("account", "--mzp", "MZP654321", input="another password\n", ok=False, env=env)
     assert r.rc == 4 and "denied" in r.err
@@ -189,14 +196,17 @@ def test_deployer_reads_current_and_account_writes_hosts_and_nothing_else(cli, b
               "checked_at": dt.datetime.now(dt.timezone.utc).isoformat()}
     kv(d).create_or_update_secret(f"{P}/{CRED}/hosts", secret=report, cas=0, mount_point=mount)
     assert raw.read(f"{CRED}/hosts")["data"] == report
-    # The index (custom metadata of current): custom_metadata only, never the version settings.
-    meta_url = f"/v1/{mount}/metadata/{P}/{CRED}/current"
-    index = raw.meta(f"{CRED}/current")["custom_metadata"]
+    # The index (custom metadata of index/MZP.app): custom_metadata only, never the version settings.
+    meta_url = f"/v1/{mount}/metadata/{P}/{IDX}"
+    index = raw.index(CRED)
     d.adapter.post(meta_url, json={"custom_metadata": {**index, "hosts_total": "1", "hosts_in_sync": "1"}})
-    assert raw.meta(f"{CRED}/current")["custom_metadata"]["hosts_total"] == "1"
-    denied(d.adapter.post, meta_url, json={"custom_metadata": index, "max_versions": 1})
-    denied(d.adapter.post, meta_url, json={"delete_version_after": "1s"})
+    assert raw.index(CRED)["hosts_total"] == "1"
+    for url in (meta_url, f"/v1/{mount}/metadata/{P}/{CRED}/current"):
+        denied(d.adapter.post, url, json={"custom_metadata": index, "max_versions": 1})
+        denied(d.adapter.post, url, json={"delete_version_after": "1s"})
     assert raw.meta(f"{CRED}/current")["max_versions"] == 1000
+    # The deployer lists nothing, not even the index folder.
+    denied(d.adapter.get, f"/v1/{mount}/detailed-metadata/{P}/index/?list=true")
     # The CLI as the deployer: csr needs the pending record, so it stops at Vault's refusal, changing nothing.
     before = raw.snapshot()
     for args in (["csr", "--mzp", "MZP654321", "--app", "fleet"],
@@ -236,13 +246,13 @@ def test_deployer_records_hosts_and_refreshes_the_index(env, bao, mount, raw, ro
     e = {**env, **roles["deployer"]}
     settings = Settings.from_env(e)
     tk = Toolkit(settings, inventory.load(settings.inventory), Store(connect(settings, e), settings))
-    pending_since = raw.meta(f"{CRED}/current")["custom_metadata"]["pending_since"]
+    pending_since = raw.index(CRED)["pending_since"]
     report = Checked(in_sync=True, serial=rotated["serial"], fingerprint_sha256=rotated["fingerprint_sha256"])
     index = tk.hosts.record("MZP654321", "fleet", {"web1": report}, {"web1"}, dt.datetime.now(dt.timezone.utc))
     assert (index.hosts_total, index.hosts_in_sync) == ("1", "1")
-    meta = raw.meta(f"{CRED}/current")
-    assert meta["custom_metadata"]["pending_since"] == pending_since  # kept from the index, not read from pending
-    assert meta["custom_metadata"]["hosts_in_sync"] == "1" and meta["max_versions"] == 1000
+    custom = raw.index(CRED)
+    assert custom["pending_since"] == pending_since  # kept from the index, not read from pending
+    assert custom["hosts_in_sync"] == "1" and raw.meta(f"{CRED}/current")["max_versions"] == 1000
 
 
 # -- secret IDs --------------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def assert_imported(raw, leaf: x509.Certificate, ca: x509.Certificate, client_id
     assert not any(raw.read(f"{MZP}/mailbox-state")["data"]["left"].values())
     written = changed(before, raw.snapshot())
     assert written == {f"{CRED}/current", f"{CRED}/pending", f"{CRED}/history/{serial_of(leaf)}",
-                       f"{MZP}/mailbox-state"}, written
+                       f"{MZP}/mailbox-state", f"index/{MZP}.fleet"}, written
 
 
 def assert_moved(server: DevDovecot, user: str, stored: list[bytes]) -> None:
@@ -531,7 +531,7 @@ def test_a_message_over_the_size_limit_is_unreadable_flagged_and_left(cli, raw, 
         "(PARTNERCERTS_MAX_EML_BYTES)" in one, one
     assert "UID 2 (" in two and f"imported for {MZP}/fleet: serial {serial_of(leaf)}" in two, two
     assert raw.read(f"{CRED}/current")["data"]["client_id"] == "cid-small"
-    assert changed(before, raw.snapshot()) == {f"{CRED}/current", f"{CRED}/pending",
+    assert changed(before, raw.snapshot()) == {f"{CRED}/current", f"{CRED}/pending", f"index/{MZP}.fleet",
                                                f"{CRED}/history/{serial_of(leaf)}", f"{MZP}/mailbox-state"}
     assert raw.read(f"{MZP}/mailbox-state")["data"]["left"]["unreadable"] == 1
     assert server.fetch_all(user, "INBOX") == [big] and server.fetch_all(user, PROCESSED) == [small]

@@ -195,8 +195,8 @@ def sealed_world(world, env, inventory, tmp_path, sealable, proxies):
 def test_vault_sealed_after_the_first_import_is_notified_and_the_next_run_finishes(
         engine, inventory, tmp_path, world, sealable, sealed_world):
     env, cli, raw, proxy = sealed_world
-    # An import's last write is the credential's index (custom metadata on `current`): seal right after the first.
-    proxy.arm("POST", rf"/metadata/partnercerts/{DEMO}/apps/(fleet|big)/current$", when="after", action="seal")
+    # The first credential is issued and imported whole (index derived last); seal as the second one starts.
+    proxy.arm("POST", rf"/data/partnercerts/{DEMO}/apps/big/pending$", when="before", action="seal")
     rc, text = rotate(engine, cli, env, inventory, tmp_path)
     assert proxy.fired.is_set(), f"the fault never fired; writes: {proxy.writes()}"
     assert rc != 0, text

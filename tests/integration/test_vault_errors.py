@@ -175,7 +175,7 @@ def test_a_policy_missing_one_path_names_the_path_and_the_policy_that_grants_it(
     token = token_for(bao, cli, check_only, f'path "sys/internal/ui/mounts/{mount}" {{\n  capabilities = ["read"]\n}}\n'
                       f'path "{mount}/metadata/{P}/other/*" {{\n  capabilities = ["read"]\n}}\n')
     only_line(cli("status", ok=False, env={"VAULT_TOKEN": token}), 4,
-              f"Vault at {bao.addr} denied GET {mount}/metadata/{P}/MZP654321/apps/fleet/current to this token "
+              f"Vault at {bao.addr} denied GET {mount}/metadata/{P}/layout to this token "
               f"(policies: {held(check_only)}); the partnercerts-auditor, partnercerts-deployer and "
               "partnercerts-rotator policies grant read on it: give the one for this job to the token or its AppRole")
     # Nothing under this mount at all (a policy for another mount): Vault hides the mount from the token.

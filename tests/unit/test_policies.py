@@ -35,6 +35,7 @@ def test_every_template_renders_with_no_placeholder_left_and_a_header():
         for path in rules(hcl):
             assert path.startswith(("kv-prod/data/team/pc/", "kv-prod/metadata/team/pc/", "kv-prod/delete/team/pc/",
                                     "kv-prod/undelete/team/pc/", "kv-prod/destroy/team/pc/")) \
+                or path == "kv-prod/detailed-metadata/team/pc/index/" \
                 or path == "sys/internal/ui/mounts/kv-prod", (name, path)
 
 
@@ -45,14 +46,19 @@ def test_the_roles_get_what_the_brief_says_and_no_more():
     assert rot["secret/metadata/pc/*"] == {"create", "read", "update", "list"}
     assert all(rot[f"secret/{op}/pc/*"] == {"deny"} for op in ("delete", "undelete", "destroy"))
     assert not any({"delete", "sudo", "patch"} & caps for caps in rot.values())
+    # The detailed listing (metadata of every entry, readable data or not) is granted on the index folder only.
+    assert rot["secret/detailed-metadata/pc/index/"] == {"list"}
     assert dep == {
         "secret/data/pc/+/apps/+/current": {"read"},
         "secret/data/pc/+/account": {"read"},
         "secret/data/pc/+/apps/+/hosts": {"create", "read", "update"},
         "secret/metadata/pc/+/apps/+/current": {"create", "read", "update"},
+        "secret/metadata/pc/index/+": {"create", "read", "update"},
+        "secret/metadata/pc/layout": {"read"},
         "sys/internal/ui/mounts/secret": {"read"},
     }
-    assert aud == {"secret/metadata/pc/*": {"read", "list"}, "sys/internal/ui/mounts/secret": {"read"}}
+    assert aud == {"secret/metadata/pc/*": {"read", "list"}, "secret/detailed-metadata/pc/index/": {"list"},
+                   "sys/internal/ui/mounts/secret": {"read"}}
 
 
 def test_render_fills_both_placeholders_and_tolerates_spaces():
