@@ -14,7 +14,8 @@ from ansible_collections.partnercerts.psa.plugins.plugin_utils import core
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("mzp", "app", "dest", "state", "owner", "group", "keep", "to", "api_url", "url",
-                             "timeout", "expiring_days", "verify"))
+                             "timeout", "expiring_days", "verify", "activate", "validate_command",
+                             "reload_command"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -38,8 +39,12 @@ class ActionModule(ActionBase):
             module.pop("invocation", None)
             facts = None
             if release is not None and release.withdrawn and not module.get("failed"):
-                facts = {"present": bool(module.get("present")), "problems": []}  # what current holds now
-            elif verify and mzp and app and not module.get("failed"):
+                # what current holds now: inspected after the reload (activate), or nothing once removed
+                removed = {"present": bool(module.get("present")), "problems": []}
+                facts = module if module.get("activated") else removed
+            elif (verify or module.get("activated")) and mzp and app and not module.get("failed"):
+                # activate: the module switched, validated, reloaded and inspected current in this one call; a
+                # drift found here fails the task after a switch, and the role's rescue switches back.
                 facts = module
             elif release is not None and not module.get("failed") and not module.get("changed") \
                     and not self._task.check_mode:

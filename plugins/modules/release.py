@@ -16,8 +16,9 @@ description:
   - Runs through the action plugin of the same name, which reads the credential from Vault on the
     controller (through the partnercerts core) and compares what the host serves with Vault; secrets
     never appear in the task's arguments or results.
-  - The C(partnercerts_deploy) role of this collection drives it (stage, validate, reload, verify, smoke,
-    roll back on failure).
+  - The C(partnercerts_deploy) role of this collection drives it. With O(activate), one call per host and
+    credential stages, checks, switches, validates, reloads and inspects, and switches back on a failure;
+    then comes a smoke call.
 version_added: 0.1.0
 author: partnercerts contributors (!UNKNOWN)  # no GitHub handle yet
 extends_documentation_fragment:
@@ -74,6 +75,31 @@ options:
       - With O(state=activated), also compare what C(current) serves with Vault, in the same call.
     type: bool
     default: false
+  activate:
+    description:
+      - With O(state=present) (and the V(withdrawn) it may become), once C(current) was switched (or a switch
+        left the service un-reloaded), the same call finishes the deploy; it runs O(validate_command) (not for
+        a withdrawn certificate), runs O(reload_command), records the reload (as O(state=activated) does) and
+        inspects what C(current) now serves, which the action plugin compares with Vault.
+      - When O(validate_command), O(reload_command) or the inspection fails, the module switches C(current)
+        back to the previous release, runs O(reload_command) again, records the reload on that release when it
+        succeeded, and fails saying what failed and C((switched back to <release>)), or
+        C((current left as it was)) when nothing was switched.
+      - Without it (a service reloaded through the service manager), the role validates, reloads and records
+        the reload in tasks of its own.
+    type: bool
+    default: false
+  validate_command:
+    description:
+      - Shell command run on the host with O(activate) after the switch and before the reload; a non-zero exit
+        switches back. Run as the task's shell would run it (C(/bin/sh -c), or C(ansible_shell_executable)).
+      - Its output is not returned; a failure quotes its last line of output, without any secret of the release.
+    type: str
+  reload_command:
+    description:
+      - Shell command run on the host with O(activate) after the validation, which makes the service read
+        C(current) again; run again after switching back on a failure. Run and quoted as O(validate_command).
+    type: str
   owner:
     description: Owner of the files and directories; default the connecting user.
     type: str
@@ -118,6 +144,17 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: Deploy MZP128745/fleet, validate and reload the service, verify; switch back on a failure (one round)
+  partnercerts.psa.release:
+    mzp: MZP128745
+    app: fleet
+    dest: /etc/psa/fleet
+    owner: fleetsvc
+    group: fleetsvc
+    activate: true
+    validate_command: /usr/local/bin/fleet-service --check-config
+    reload_command: systemctl kill -s HUP fleet-service
+
 - name: Deploy Vault's current certificate of MZP128745/fleet to /etc/psa/fleet
   partnercerts.psa.release:
     mzp: MZP128745
@@ -192,13 +229,25 @@ withdrawn:
   description: The credential's current certificate is withdrawn in Vault, so C(current) was removed from the host.
   returned: with withdrawn (also chosen by the action plugin for present)
   type: bool
+activated:
+  description:
+    - With O(activate), whether this call validated, reloaded and inspected the release it switched to (or whose
+      reload was pending); the inspection's facts (C(present), C(problems), C(serial), ...) are then returned too.
+  returned: with present and withdrawn, when O(activate) and something changed
+  type: bool
+rolled_back:
+  description:
+    - With O(activate), after a failed validation, reload or inspection, whether C(current) was switched back to
+      the previous release (C(release)) in this call; the task fails.
+  returned: when that failure happened
+  type: bool
 present:
   description: Whether C(current) points at a release with a manifest.
   returned: with inspect and activated
   type: bool
 problems:
   description: What is wrong with what C(current) holds, one line each (changed files, key not matching, ...).
-  returned: with inspect and activated
+  returned: with inspect and activated (and present with O(activate))
   type: list
   elements: str
 release_id:
@@ -661,6 +710,92 @@ def activated(module, p):
     return out
 
 
+def secrets_of(files):
+    """The secret strings a release's files hold (its key lines, the passwords of client.env), to keep out of
+    quoted command output."""
+    found: set = set()
+    for name, spec in (files or {}).items():
+        try:
+            text = base64.b64decode(spec["content"]).decode("utf-8", "replace")
+        except (KeyError, TypeError, ValueError):
+            continue
+        if name == "client.key":
+            found.update(line.strip() for line in text.splitlines() if len(line.strip()) >= 16)
+        elif name == "client.env":
+            found.update(v for k, v in read_env_text(text).items() if "PASSWORD" in k and len(v) >= 4)
+    return found
+
+
+def quoted(out, secrets):
+    """The last line a command printed, short and without any secret, for its failure message."""
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    if "PRIVATE KEY" in line or "-----BEGIN" in line:
+        return "(output withheld: it holds key material)"
+    for secret in sorted(secrets, key=len, reverse=True):
+        line = line.replace(secret, "********")
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def run_step(module, option, command, secrets):
+    """Run one of the service's shell commands as a shell task would; a one-line failure, or None."""
+    rc, out, err = module.run_command(command, use_unsafe_shell=True, errors="surrogate_then_replace")
+    if rc == 0:
+        return None
+    last = quoted(err, secrets) or quoted(out, secrets)
+    return "%s failed: non-zero return code %d%s" % (option, rc, ": " + last if last else "")
+
+
+def activate(module, p, result):
+    """After present (or withdrawn) changed current: validate, reload, record the reload, inspect, in this call.
+    On a failure, switch back to the previous release, reload again, record that reload when it succeeded, and
+    fail saying what failed and where current is."""
+    dest, secrets = p["dest"], secrets_of(p["files"])
+    failure = None
+    try:
+        if p["validate_command"] and not result.get("withdrawn"):
+            # A withdrawn credential leaves the service without one: its configuration may not validate until
+            # the new certificate is imported, and the reload must happen anyway.
+            failure = run_step(module, "validate_command", p["validate_command"], secrets)
+        if not failure and p["reload_command"]:
+            failure = run_step(module, "reload_command", p["reload_command"], secrets)
+        if not failure:
+            facts = activated(module, p)
+            if facts["problems"]:
+                failure = "current does not serve what was deployed: %s" % "; ".join(facts["problems"])
+    except Refused as exc:
+        failure = str(exc)
+    except OSError as exc:
+        failure = "%s: %s" % (exc.filename or dest, exc.strerror)
+    if not failure:
+        facts.pop("changed", None)
+        result.update(facts, activated=True)
+        return result
+    out = dict(result, activated=False, rolled_back=False)
+    if not result.get("switched"):
+        module.fail_json(msg="%s (current left as it was)" % failure, **out)
+    back = result.get("previous") or ""
+    try:
+        switch(dest, back)
+    except OSError as exc:
+        module.fail_json(msg="%s; switching back to %s failed too (%s: %s) (current left as it was)"
+                         % (failure, back or "nothing", exc.filename or dest, exc.strerror), **out)
+    out.update(rolled_back=True, release=back or None)
+    out["diff"] = dict(result.get("diff") or {}, after="current: %s (switched back after a failure)\n"
+                       % (back or "(none)"))
+    again = run_step(module, "reload_command", p["reload_command"], secrets) if p["reload_command"] else None
+    if again:
+        failure += "; reloading again on %s failed too: %s" % (back or "nothing", again)
+    else:
+        try:
+            activated(module, p)  # the service runs on the previous release again: clear its mark
+        except (Refused, OSError):
+            pass  # the mark stays: the next deploy reloads again
+    module.fail_json(msg="%s (switched back to %s)" % (failure, back or "nothing"), **out)
+
+
 def inspect(module, p):
     dest = p["dest"]
     out: dict = {"changed": False, "present": False, "release": None, "problems": []}
@@ -699,16 +834,20 @@ def inspect(module, p):
     return out
 
 
-def read_env(path):
+def read_env_text(text):
     env = {}
-    with open(path) as fh:
-        for line in fh:
-            if "=" in line and not line.startswith("#"):
-                k, v = line.rstrip("\n").split("=", 1)
-                if len(v) >= 2 and v[0] == v[-1] == '"':
-                    v = re.sub(r'\\(.)', r'\1', v[1:-1])
-                env[k] = v
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            if len(v) >= 2 and v[0] == v[-1] == '"':
+                v = re.sub(r'\\(.)', r'\1', v[1:-1])
+            env[k] = v
     return env
+
+
+def read_env(path):
+    with open(path) as fh:
+        return read_env_text(fh.read())
 
 
 def smoke(module, p):
@@ -756,6 +895,9 @@ def main():
             api_url=dict(type="str"),
             expiring_days=dict(type="int"),
             verify=dict(type="bool", default=False),
+            activate=dict(type="bool", default=False),
+            validate_command=dict(type="str"),
+            reload_command=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -776,6 +918,8 @@ def main():
             result = withdrawn(module, p)
         else:
             result = inspect(module, p)
+        if p["activate"] and p["state"] in ("present", "withdrawn") and result["changed"] and not module.check_mode:
+            result = activate(module, p, result)
     except Refused as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

@@ -160,7 +160,7 @@ def test_a_down_host_is_named_the_others_deploy_and_the_next_run_catches_up(flee
         r = cli("deploy", ok=False)
         assert r.rc != 0
         assert re.search(rf"{down}: unreachable", r.err), r.err
-        assert [fleet.serial(h) for h in fleet.names] == [new, new, old]
+        assert [fleet.serial(h) for h in fleet.names] == [new, new, old], r.err
         assert "2/3" in cli("status").out
         received.clear()
         failed = cli("rotate", ok=False)  # the scheduled run retries and alerts while the host stays down
@@ -197,6 +197,46 @@ def test_a_failing_reload_rolls_that_host_back_to_the_old_certificate(fleet, cli
     fleet.sh(bad, "rm", f"{fleet.root}/fail-reload")
     cli("deploy")
     assert [fleet.serial(h) for h in fleet.names] == [new, new, new]
+
+
+def test_a_changed_deploy_is_one_module_call_per_host_and_a_failed_validation_switches_back(fleet, cli, env):
+    inv = fleet.inventory / "hosts.yml"
+    doc = yaml.safe_load(inv.read_text())
+    cred = doc["all"]["children"]["integration"]["vars"]["partnercerts_deploy_credentials"][0]
+    cred["validate_command"] = f"test -s {fleet.dest}/current/client.crt && test ! -e {fleet.root}/fail-validate"
+    inv.write_text(yaml.safe_dump(doc))
+    cli("rotate")
+    fleet.learn_secrets()
+    fleet.renew()
+    new = fleet.vault_serial()
+    run_env = dict(env, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    p = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-vvv", "-i", str(fleet.inventory),
+                        str(ROOT / "playbooks" / "deploy.yml")], env=run_env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    # -vvv names each module Ansible sends to a host: per host one release call that staged, checked, switched,
+    # validated, reloaded and verified, and the smoke call; no shell task, no second inspection.
+    sent = re.findall(r"Using module file \S+/([\w.]+)\.py", p.stdout + p.stderr)
+    assert sent == ["release"] * 6, sent
+    assert [fleet.serial(h) for h in fleet.names] == [new] * 3
+    assert all(fleet.sh(h, "cat", f"{fleet.root}/reloads").stdout.count("reload") == 2 for h in fleet.names)
+    assert "3/3" in cli("status").out
+
+    bad = fleet.names[1]
+    fleet.sh(bad, "touch", f"{fleet.root}/fail-validate")
+    fleet.renew()
+    newer = fleet.vault_serial()
+    r = cli("deploy", ok=False)
+    assert re.search(rf"{bad}: {MZP}/{APP}: validate_command failed: non-zero return code 1 "
+                     rf"\(switched back to {new}\)", r.err), r.err
+    assert [fleet.serial(h) for h in fleet.names] == [newer, new, newer]
+    # Not reloaded on the release that did not validate, reloaded again once switched back, and recorded so.
+    assert fleet.sh(bad, "cat", f"{fleet.root}/reloads").stdout.count("reload") == 3
+    assert fleet.sh(bad, "test", "-e", f"{fleet.dest}/.reload-pending").returncode != 0
+    assert "2/3" in cli("status").out
+    fleet.sh(bad, "rm", f"{fleet.root}/fail-validate")
+    cli("deploy")
+    assert [fleet.serial(h) for h in fleet.names] == [newer] * 3
 
 
 def test_a_failed_canary_stops_the_later_batches(fleet, cli):

@@ -3,7 +3,10 @@ real openssl."""
 import base64
 import datetime as dt
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -92,3 +95,86 @@ def test_a_relative_or_unnormalised_dest_is_refused_before_anything_is_touched(n
 def test_an_absolute_normalised_dest_is_accepted_even_with_shell_characters():
     assert mod.check_dest("/etc/psa/fleet") is None
     assert mod.check_dest(LITERAL_DEST.format(root="/srv/t")) is None  # taken literally: no shell sees it
+
+
+def run_module(tmp_path, **args):
+    """The module as Ansible runs it on a host: its own process, its arguments in a file, real openssl and sh."""
+    path = tmp_path / f"args-{len(list(tmp_path.glob('args-*')))}.json"
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    p = subprocess.run([sys.executable, str(ROOT / "plugins/modules/release.py"), str(path)],
+                       capture_output=True, text=True, timeout=60)
+    return json.loads(p.stdout)
+
+
+def present(tmp_path, dest, serial, spec_files, **extra):
+    return run_module(tmp_path, dest=str(dest), serial=serial, release_id=f"rid-{serial}", files=spec_files,
+                      activate=True, **extra)
+
+
+@pytest.fixture
+def service(tmp_path):
+    """A service's commands: validate and reload log the release current points at; validate fails while
+    `bad` exists, the next reload fails once `fail-reload` exists."""
+    dest, log = tmp_path / "svc", tmp_path / "reloads"
+    cmds = {"validate_command": f"echo \"validate $(readlink {dest}/current)\" >> {log}; test ! -e {tmp_path}/bad",
+            "reload_command": f"echo \"reload $(readlink {dest}/current)\" >> {log}; "
+                              f"if [ -e {tmp_path}/fail-reload ]; then rm {tmp_path}/fail-reload; "
+                              "echo reload refused >&2; exit 3; fi"}
+    return dest, log, cmds
+
+
+def test_activate_switches_validates_reloads_and_inspects_in_one_call(tmp_path, service):
+    dest, log, cmds = service
+    k = key()
+    first = present(tmp_path, dest, "01", files(k), **cmds)
+    assert not first.get("failed"), first
+    assert first["switched"] and first["activated"] and first["changed"] and first["problems"] == []
+    assert first["key_matches"] and first["release"] == "01" and first["present"]
+    assert log.read_text().splitlines() == ["validate releases/01", "reload releases/01"]
+    assert not (dest / ".reload-pending").exists()
+    again = present(tmp_path, dest, "01", files(k), **cmds)  # nothing to do: no command runs
+    assert not again["changed"] and "activated" not in again
+    assert len(log.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("fails", ["reload", "validate"])
+def test_a_failing_reload_or_validate_switches_back_and_reloads_the_previous_release(tmp_path, service, fails):
+    dest, log, cmds = service
+    present(tmp_path, dest, "01", files(key()), **cmds)
+    (tmp_path / ("fail-reload" if fails == "reload" else "bad")).touch()
+    second = present(tmp_path, dest, "02", files(key()), **cmds)
+    assert second["failed"] and second["rolled_back"] and second["release"] == "01"
+    if fails == "reload":
+        assert second["msg"] == "reload_command failed: non-zero return code 3: reload refused (switched back to 01)"
+        assert log.read_text().splitlines()[2:] == ["validate releases/02", "reload releases/02", "reload releases/01"]
+    else:
+        assert second["msg"] == "validate_command failed: non-zero return code 1 (switched back to 01)"
+        assert log.read_text().splitlines()[2:] == ["validate releases/02", "reload releases/01"]
+    assert not (dest / ".reload-pending").exists()  # the service runs on 01 again: recorded
+    assert os.readlink(dest / "current") == "releases/01"
+
+
+def test_a_reload_left_pending_by_an_interrupted_deploy_is_done_by_the_next_call(tmp_path, service):
+    dest, log, cmds = service
+    k = key()
+    present(tmp_path, dest, "01", files(k), **cmds)
+    (dest / ".reload-pending").write_text("01\n")  # as a deploy killed between its switch and its reload leaves it
+    (tmp_path / "fail-reload").touch()
+    failed = present(tmp_path, dest, "01", files(k), **cmds)
+    assert failed["failed"] and not failed["rolled_back"]
+    assert failed["msg"].endswith("(current left as it was)") and (dest / ".reload-pending").exists()
+    done = present(tmp_path, dest, "01", files(k), **cmds)
+    assert done["changed"] and done["activated"] and not done["switched"]
+    assert log.read_text().splitlines()[-1] == "reload releases/01" and not (dest / ".reload-pending").exists()
+
+
+def test_a_failing_command_never_quotes_a_secret_of_the_release(tmp_path):
+    dest, k = tmp_path / "svc", key()
+    spec = files(k)
+    spec["client.env"]["content"] = base64.b64encode(b'PSA_MZP_PASSWORD="s3cr3t-pass"\n').decode()
+    out = present(tmp_path, dest, "01", spec,
+                  reload_command=f"cat {dest}/current/client.env >&2; exit 1")
+    assert out["failed"] and "s3cr3t-pass" not in json.dumps(out) and "********" in out["msg"], out
+    keyed = present(tmp_path, dest, "02", files(key()),
+                    reload_command=f"cat {dest}/current/client.key; exit 1")
+    assert keyed["failed"] and "PRIVATE KEY" not in json.dumps(keyed) and "withheld" in keyed["msg"], keyed
