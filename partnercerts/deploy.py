@@ -27,9 +27,10 @@ class Release:
     files: dict[str, bytes]
     withdrawn: dict = field(default_factory=dict)  # rekey --withdraw: remove it from the hosts instead (no files)
 
-    def module_files(self) -> dict:
-        return {name: {"content": base64.b64encode(data).decode("ascii"), "mode": MODES[name]}
-                for name, data in self.files.items()}
+    def module_files(self) -> tuple[dict, dict]:
+        """The release module's `files` (name to base64 content: secret, no_log) and `modes` (name to mode)."""
+        return ({name: base64.b64encode(data).decode("ascii") for name, data in self.files.items()},
+                {name: MODES[name] for name in self.files})
 
 
 def env_value(value: str) -> str:

@@ -131,8 +131,14 @@ options:
     type: str
   files:
     description:
-      - Set by the action plugin with O(state=present) (file name to base64 content and mode); secret, never
-        logged; do not set it.
+      - Set by the action plugin with O(state=present) (file name to base64 content); secret, never logged;
+        do not set it.
+    type: dict
+  modes:
+    description:
+      - Set by the action plugin with O(state=present) (file name to octal mode, for every file of O(files));
+        do not set it. Apart from O(files) because Ansible masks every value of a C(no_log) option wherever it
+        appears in the result, and a mode such as C(0600) would then be masked inside a fingerprint.
     type: dict
 notes:
   - O(mzp) and O(app) are required with O(state=present), and to compare with Vault (O(state=inspect),
@@ -334,6 +340,7 @@ MANIFEST = ".manifest.json"
 # on it: a deploy that dies in between leaves it, and the next deploy reloads instead of "no change".
 RELOAD_PENDING = ".reload-pending"
 NAMES = ("client.crt", "client.key", "ca.crt", "client.p12", "client.env")
+OCTAL = re.compile(r"^0?[0-7]{3,4}$")
 WITHDRAWN_MARK = "-withdrawn"  # the reload-pending mark of a withdrawal (never a release name: SAFE_NAME)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -615,10 +622,13 @@ def present(module, p):
     dest, serial, release_id = p["dest"], p["serial"], p["release_id"]
     if not serial or not SAFE_NAME.match(serial) or not release_id or not p["files"]:
         module.fail_json(msg="serial, release_id and files are required with state=present")
-    files = p["files"]
-    bad = sorted(set(files) - set(NAMES))
+    bad = sorted(set(p["files"]) - set(NAMES))
     if bad:
         module.fail_json(msg="unexpected file names: %s" % ", ".join(bad))
+    modes_given = p["modes"] or {}
+    if set(modes_given) != set(p["files"]) or not all(OCTAL.match(str(m)) for m in modes_given.values()):
+        module.fail_json(msg="modes must give an octal mode for each file of files, and only for them")
+    files = dict((k, {"content": v, "mode": str(modes_given[k])}) for k, v in p["files"].items())
     try:
         uid, gid = ids(p["owner"], p["group"])
     except KeyError:
@@ -714,9 +724,9 @@ def secrets_of(files):
     """The secret strings a release's files hold (its key lines, the passwords of client.env), to keep out of
     quoted command output."""
     found: set = set()
-    for name, spec in (files or {}).items():
+    for name, content in (files or {}).items():
         try:
-            text = base64.b64decode(spec["content"]).decode("utf-8", "replace")
+            text = base64.b64decode(content).decode("utf-8", "replace")
         except (KeyError, TypeError, ValueError):
             continue
         if name == "client.key":
@@ -883,6 +893,7 @@ def main():
             release_id=dict(type="str"),
             serial=dict(type="str"),
             files=dict(type="dict", no_log=True),
+            modes=dict(type="dict"),
             owner=dict(type="str"),
             group=dict(type="str"),
             keep=dict(type="int", default=3),

@@ -102,7 +102,8 @@ def release_from_vault(mzp, app, api_url):
     release = deploy.release_from_vault(store(), mzp, app, api_url)
     if release.withdrawn:  # rekey --withdraw: remove it from the host instead
         return dict(state="withdrawn", serial=release.serial), release
-    return dict(serial=release.serial, release_id=release.release_id, files=release.module_files()), release
+    files, modes = release.module_files()
+    return dict(serial=release.serial, release_id=release.release_id, files=files, modes=modes), release
 
 
 def served_facts(release):

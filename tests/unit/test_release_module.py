@@ -107,8 +107,10 @@ def run_module(tmp_path, **args):
 
 
 def present(tmp_path, dest, serial, spec_files, **extra):
-    return run_module(tmp_path, dest=str(dest), serial=serial, release_id=f"rid-{serial}", files=spec_files,
-                      activate=True, **extra)
+    """state=present with activate, as the action plugin calls it: the secret contents and their modes apart."""
+    return run_module(tmp_path, dest=str(dest), serial=serial, release_id=f"rid-{serial}",
+                      files={n: v["content"] for n, v in spec_files.items()},
+                      modes={n: v["mode"] for n, v in spec_files.items()}, activate=True, **extra)
 
 
 @pytest.fixture
@@ -178,3 +180,17 @@ def test_a_failing_command_never_quotes_a_secret_of_the_release(tmp_path):
     keyed = present(tmp_path, dest, "02", files(key()),
                     reload_command=f"cat {dest}/current/client.key; exit 1")
     assert keyed["failed"] and "PRIVATE KEY" not in json.dumps(keyed) and "withheld" in keyed["msg"], keyed
+
+
+def test_what_the_module_reports_is_never_masked_by_a_mode(tmp_path):
+    """Ansible masks every value of a no_log option wherever it appears in the result: with the modes inside
+    `files`, a fingerprint, a serial or a release holding "0600" came back with "********" in it, and the deploy
+    failed as drift ("client.key is not Vault's key") about one host in a hundred."""
+    dest, k = tmp_path / "svc", key()
+    serial = "0600A0644"  # a serial holding both modes: masked before the modes left the secret option
+    out = present(tmp_path, dest, serial, files(k), reload_command="true")
+    assert not out.get("failed"), out
+    assert out["release"] == serial and out["serial"] != "" and "*" not in json.dumps(out), out
+    assert out["release_id"] == f"rid-{serial}" and out["activated"]
+    bad = present(tmp_path, dest, "02", {n: dict(v, mode="rw") for n, v in files(k).items()})
+    assert bad["failed"] and "octal mode" in bad["msg"], bad
