@@ -155,6 +155,11 @@ class KeepAliveReader:
         except ValueError:
             return DELEGATE
 
+    def _lookup_self(self):
+        """auth/token/lookup-self over this connection: its JSON, or None when Vault does not answer 200."""
+        got = self.get("/v1/auth/token/lookup-self")
+        return got if isinstance(got, dict) else None
+
     def get(self, url: str):
         """The JSON body (200), None (404), or DELEGATE: repeat the request through the adapter."""
         got = self._exchange([url])
@@ -183,6 +188,9 @@ class KeepAliveReader:
     def _exchange(self, urls: list[str]) -> list:
         """Send the requests of `urls` at once and read their responses in order; returns the results of
         the prefix that was answered (an URL that needs the adapter gets DELEGATE)."""
+        keep = getattr(self.adapter, "keep", None)
+        if keep is not None:  # the token renewed (or a new login) before it runs out: vault.FailoverAdapter.keep
+            keep(self._lookup_self)
         requests_ = [self._request(u) for u in urls]
         if None in requests_:
             if len(urls) > 1:

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +20,41 @@ import requests
 from . import embedded, policies
 from .errors import Conflict, EnvironmentFault, Error, NotSetUp, Remedy, UserError, VaultDenied, VaultUnavailable
 from .settings import Settings, VaultSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """How long the run's token lives: `full`, the seconds it is given at a login or a renewal (its TTL or
+    period), and when it expires (time.monotonic()). `renewable`: Vault may extend it (auth/token/renew-self)."""
+
+    full: float
+    expires: float
+    renewable: bool
+
+    @classmethod
+    def of(cls, ttl, full=None, renewable=False) -> "Lease | None":
+        """From a login's or a renewal's auth block (lease_duration) or lookup-self (ttl, creation_ttl, period);
+        None for a token that never expires (ttl 0: a root token) or an answer without a TTL."""
+        try:
+            left = float(ttl)
+            whole = float(full or left)
+        except (TypeError, ValueError):
+            return None
+        if left <= 0:
+            return None
+        return cls(max(whole, left), time.monotonic() + left, bool(renewable))
+
+    @property
+    def left(self) -> float:
+        return self.expires - time.monotonic()
+
+
+def _bare_denial(errors) -> bool:
+    """Vault's answer to a token it does not know (invalid, expired, revoked): a bare "permission denied". A valid
+    token that a policy refuses gets the policy check's "1 error occurred: * permission denied" instead."""
+    return isinstance(errors, list) and not any("error occurred" in str(e) for e in errors)
 
 
 class FailoverAdapter(hvac.adapters.JSONAdapter):
@@ -46,6 +84,96 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
         self.budget = budget
         self._probed = 0.0  # when the active node was last confirmed (monotonic); 0: look before the next request
         self._tls_failed = False  # the last look failed TLS verification on every node
+        # The token's life (TokenKeeping): set by connect().
+        self.relogin: Callable[[], dict] | None = None  # logs in anew (the AppRole's), returns Vault's answer
+        self.lease: Lease | None = None  # None: not known yet (looked up before the first request) or no expiry
+        self.login_refused = ""  # why the last new login failed, for the message of the refusal that follows
+        self._looked = False  # lookup-self was asked (a token given as VAULT_TOKEN or in ~/.vault-token)
+        self._keeping = threading.Lock()
+
+    # -- keeping the token alive for as long as the run ---------------------------------------------
+    # A run can outlast its token: an AppRole's token_ttl (an hour by default) or token_max_ttl, a periodic
+    # token's period. So before a request, a token with less than a third of its lease left is renewed
+    # (renew-self), and when Vault will not extend it far enough (its max TTL is near), the AppRole logs in
+    # anew. A token that expired or was revoked anyway (the machine slept, the token was revoked) is
+    # replaced once more on the first refusal, and the refused request is repeated: Vault did not carry it
+    # out. A token given as such (VAULT_TOKEN, ~/.vault-token) can only be renewed: once it cannot, the run
+    # goes on until Vault refuses it, and that refusal says so (`_token_refused`).
+
+    def request(self, method, url, *args, **kwargs):
+        if url.lstrip("/").startswith("v1/auth/"):  # logins, renew-self, lookup-self: never kept themselves
+            return self._send(method, url, *args, **kwargs)
+        self.keep()
+        try:
+            return self._send(method, url, *args, **kwargs)
+        except hvac.exceptions.Forbidden as exc:
+            if self.relogin is None or not _bare_denial(exc.errors) or not self._relogin("Vault refused the token"):
+                raise
+            return self._send(method, url, *args, **kwargs)
+
+    def keep(self, lookup: Callable[[], dict | None] | None = None) -> None:
+        """Renew the token, or log in anew, when less than a third of its lease is left. The pipelined reader
+        calls it too (its reads do not go through request()), with `lookup`: lookup-self over its own
+        connection, so that a given token's first look costs no second connection."""
+        lease = self.lease
+        if lease is None and (self._looked or not self.token):
+            return
+        if lease is not None and lease.left > lease.full / 3:
+            return
+        with self._keeping:
+            if self.lease is None and not self._looked:
+                self._looked = True
+                self.lease = self._looked_up(lookup)
+                if self.lease is None or self.lease.left > self.lease.full / 3:
+                    return
+            lease = self.lease
+            if lease is None or lease.left > lease.full / 3:  # another thread renewed it meanwhile
+                return
+            if lease.renewable and self._renewed(lease):
+                return
+            if self.relogin is not None:
+                self._relogin(f"the token has {max(lease.left, 0):.0f} s left and Vault will not renew it further")
+                return
+            if lease.left > 0:
+                log.warning("the Vault token in %s expires in %.0f s and Vault will not renew it further; a run "
+                            "that outlasts it stops at its next request", self.credentials or "use", lease.left)
+            self.lease = None  # warned once: no more attempts
+
+    def _looked_up(self, lookup: Callable[[], dict | None] | None = None) -> Lease | None:
+        """The lease of a token given as such, from auth/token/lookup-self (None: no expiry, or it may not look)."""
+        try:
+            answer = lookup() if lookup is not None else self._send("GET", "/v1/auth/token/lookup-self")
+        except (hvac.exceptions.VaultError, requests.RequestException):
+            return None
+        data = (answer if isinstance(answer, dict) else {}).get("data") or {}
+        return Lease.of(data.get("ttl"), data.get("period") or data.get("creation_ttl"), data.get("renewable"))
+
+    def _renewed(self, lease: Lease) -> bool:
+        """Renew-self for the token's whole lease; True when Vault extended it past a third of it."""
+        try:
+            auth = (self._send("POST", "/v1/auth/token/renew-self", json={"increment": int(lease.full)})
+                    or {}).get("auth") or {}
+        except (hvac.exceptions.VaultError, requests.RequestException):
+            return False
+        renewed = Lease.of(auth.get("lease_duration"), lease.full, auth.get("renewable"))
+        if renewed is None:
+            return False
+        self.lease = renewed
+        return renewed.left > lease.full / 3
+
+    def _relogin(self, why: str) -> bool:
+        """Log in anew with the AppRole; False (and the reason kept for the refusal's message) if Vault refuses."""
+        assert self.relogin is not None
+        try:
+            answer = self.relogin()  # through JSONAdapter.login, which sets self.token
+        except hvac.exceptions.VaultError as exc:
+            self.login_refused = _first_line(exc)
+            log.warning("%s; logging in again with the AppRole failed: %s", why, self.login_refused)
+            return False
+        auth = (answer or {}).get("auth") or {}
+        self.lease = Lease.of(auth.get("lease_duration"), None, auth.get("renewable"))
+        log.info("%s: logged in again with the AppRole", why)
+        return True
 
     def _find_active(self) -> str | None:
         """The node whose sys/health says it is the active one (put first), or None."""
@@ -68,7 +196,7 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
                 return uri
         return None
 
-    def request(self, *args, **kwargs):
+    def _send(self, *args, **kwargs):
         deadline = time.monotonic() + self.budget
         pause = 0.1
         while True:
@@ -145,7 +273,11 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
         if token:
             client.token = token
         elif approle:
-            client.auth.approle.login(role_id=vs.role_id, secret_id=vs.secret_id, mount_point=vs.approle_mount)
+            adapter = client.adapter
+            adapter.relogin = functools.partial(client.auth.approle.login, role_id=vs.role_id,
+                                                secret_id=vs.secret_id, mount_point=vs.approle_mount)
+            auth = (adapter.relogin() or {}).get("auth") or {}
+            adapter.lease = Lease.of(auth.get("lease_duration"), None, auth.get("renewable"))
         else:
             raise UserError(f"VAULT_ADDR={addr} is set but no credentials were found; set VAULT_TOKEN, "
                             "write ~/.vault-token, or set VAULT_ROLE_ID and VAULT_SECRET_ID")
@@ -270,9 +402,13 @@ def _not_vault(client: hvac.Client, addr: str) -> Error | None:
 def _token_refused(client: hvac.Client, addr: str) -> VaultDenied:
     source = getattr(client.adapter, "credentials", "")
     if source.startswith("the AppRole"):
-        return VaultDenied(f"Vault at {addr} no longer accepts the token of {source}: it expired or was "
-                           "revoked; run again to log in anew, and if runs outlast it, raise the AppRole's "
-                           "token_ttl and token_max_ttl")
+        why = getattr(client.adapter, "login_refused", "")
+        if why:  # the token lapsed and the AppRole could not log in again (FailoverAdapter._relogin)
+            return VaultDenied(f"Vault at {addr} no longer accepts the token of {source} and refused a new login "
+                               f"({why}): the secret ID expired, ran out of uses or was revoked; write a new one "
+                               "(scripts/inv vault.secret-id --role rotator --out FILE) and run again")
+        return VaultDenied(f"Vault at {addr} no longer accepts the token of {source}: it was revoked; "
+                           "run again to log in anew")
     if source == "VAULT_TOKEN":
         return VaultDenied(f"Vault at {addr} does not accept the token in VAULT_TOKEN: it is invalid, expired or "
                            "revoked; set VAULT_TOKEN to a valid token, or unset it and set VAULT_ROLE_ID and "
@@ -302,7 +438,7 @@ def _looked_up(client: hvac.Client | None, addr: str) -> tuple[Error | None, tup
         return _not_vault(client, addr), None
     # A token Vault does not know (invalid, expired, revoked) gets a bare "permission denied"; a valid token
     # whose policies leave out lookup-self (no default policy) gets it as a policy check's "1 error occurred".
-    if seen.status == 403 and not any("error occurred" in str(e) for e in errors):
+    if seen.status == 403 and _bare_denial(errors):
         return _token_refused(client, addr), None
     return None, None
 
