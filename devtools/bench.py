@@ -580,15 +580,19 @@ class Bench:
                 "bench_mount": mount, "bench_path": f"partnercerts/{m}/apps/{app}/current",
                 "bench_dest": f"/srv/hand-{count}/{app}", "bench_reload": "true"})
             hand_env = self.baseline_env(env, count)
+        mito = self.args.mitogen
+        mito_env = dict(env, **mitogen_env()) if mito else env
         run(invoke("rotate", "--no-deploy"), env)     # a real key, CSR and sandbox certificate
         self._deploy(env, count, changed=True)      # first release on every host (warms ControlPersist)
         run(ping, ping_env)
         if hand:
             self._recap("hand-written playbook", run(hand_cmd, hand_env), count, changed=True)
         noop, change, floor_noop, floor_change, hand_noop, hand_change = [], [], [], [], [], []
+        mito_noop: list[float] = []
+        mito_change: list[float] = []
         for r in range(self.repeat):
-            for changed, mine, floor, theirs in ((False, noop, floor_noop, hand_noop),
-                                                 (True, change, floor_change, hand_change)):
+            for changed, mine, floor, theirs, engine in ((False, noop, floor_noop, hand_noop, mito_noop),
+                                                         (True, change, floor_change, hand_change, mito_change)):
                 if changed:  # renew in Vault, hosts untouched
                     run(invoke("csr", "--mzp", m, "--app", app, "--force"), env)
                     run(invoke("rotate", "--no-deploy"), env)
@@ -596,6 +600,11 @@ class Bench:
                 for who in (order if r % 2 == 0 else order[::-1]):
                     if who == "mine":
                         mine.append(self._deploy(env, count, changed=changed))
+                        if mito:  # the same deploy under Mitogen, right after: nothing new again, or a renewal
+                            if changed:
+                                run(invoke("csr", "--mzp", m, "--app", app, "--force"), env)
+                                run(invoke("rotate", "--no-deploy"), env)
+                            engine.append(self._deploy(mito_env, count, changed=changed))
                     elif who == "floor":
                         floor.append(self._ping(ping, ping_env, count))
                     else:
@@ -623,7 +632,17 @@ class Bench:
                  alt_what=hand_what + ", the same renewed certificate" if hand else "",
                  alt_target=f">={target:.0f}x faster" if hand else "",
                  alt_met=statistics.median(hand_change) / fc >= target if hand else None)
+        for kind, figures, linear, floor_runs in (("noop", mito_noop, fn, floor_noop),
+                                                  ("change", mito_change, fc, floor_change)):
+            if figures:
+                self.add(f"deploy-{kind}-{count}-mitogen", f"deploy-{kind}-{count} under Mitogen for Ansible "
+                         "(strategy mitogen_linear)",
+                         figures, "s", floor_runs, f"`ansible -m ping` to the same {count} hosts",
+                         ratio_kind="of floor", per=count, per_unit="ms/host",
+                         extra=f"{linear / statistics.median(figures):.2f}x the speed of the default strategy")
         log(f"deploy-{count}: noop {fn:.2f} s, change {fc:.2f} s; ping {fp:.2f} s"
+            + (f"; mitogen noop {statistics.median(mito_noop):.2f} s, change {statistics.median(mito_change):.2f} s"
+               if mito else "")
             + (f"; hand-written noop {statistics.median(hand_noop):.2f} s, change "
                f"{statistics.median(hand_change):.2f} s" if hand else ""))
 
@@ -837,8 +856,22 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", default=None, metavar="FILE.png",
                     help="also draw the deploy seconds and ms per host against hosts (toolkit, ping, hand-written "
                          "playbook) to FILE.png (matplotlib, in the bench's own venv)")
+    ap.add_argument("--mitogen", action="store_true",
+                    help="also run each deploy under Mitogen for Ansible (strategy mitogen_linear), side by side "
+                         "with the default strategy (the mitogen package of requirements-dev.txt)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, inventories) for inspection")
     return ap
+
+
+def mitogen_env() -> dict[str, str]:
+    """What makes ansible-playbook run its plays under Mitogen's mitogen_linear strategy (issue 14, target 5):
+    measured, not offered (README: Scale)."""
+    import importlib.util
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("bench: --mitogen needs the mitogen package in this venv (requirements-dev.txt pins it)")
+    plugins = Path(list(spec.submodule_search_locations)[0]) / "plugins" / "strategy"
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
 def main(argv: list[str] | None = None) -> int:

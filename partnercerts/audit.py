@@ -269,6 +269,10 @@ def _imported(out: _Builder, v: Version, rec: Issued, seq: int, note: str = "") 
         parts.append(f"imported by {text(by)} (who accepted the subject change)")
     if rec.reply_message_id:
         parts.append(f"from the reply mailbox, Message-ID {text(rec.reply_message_id)}")
+    recovered = rec.recovered_from or {}
+    if recovered:
+        parts.append(f"recovered from host {text(recovered.get('host')) or '?'} by {text(recovered.get('by')) or '?'} "
+                     "(Vault had lost it: restored from an older backup)")
     if rec.subject_notes:
         parts.append(f"subject notes: {'; '.join(text(n) for n in rec.subject_notes)}")
     if change.get("changes"):
@@ -280,7 +284,7 @@ def _imported(out: _Builder, v: Version, rec: Issued, seq: int, note: str = "") 
             fingerprint_sha256=rec.fingerprint_sha256, key_sha256=rec.key_sha256, submission=rec.submission,
             submitted_at=rec.submitted_at, turnaround_days=_days(rec.turnaround_seconds), by=by,
             subject_change=[str(c) for c in change.get("changes") or []], subject_notes=list(rec.subject_notes),
-            reply_message_id=rec.reply_message_id, note=note)
+            reply_message_id=rec.reply_message_id, recovered_from=str(recovered.get("host") or ""), note=note)
 
 
 def _withdrawn(out: _Builder, v: Version, rec: Issued, seq: int) -> None:

@@ -26,6 +26,8 @@ class Release:
     release_id: str
     files: dict[str, bytes]
     withdrawn: dict = field(default_factory=dict)  # rekey --withdraw: remove it from the hosts instead (no files)
+    not_before: str = ""  # the certificate's, ISO 8601: a host serving a newer one unknown to Vault is left alone
+    known_serials: tuple[str, ...] = ()  # every serial Vault holds for the credential (current and history)
 
     def module_files(self) -> tuple[dict, dict]:
         """The release module's `files` (name to base64 content: secret, no_log) and `modes` (name to mode)."""
@@ -40,6 +42,19 @@ def env_value(value: str) -> str:
     if _PLAIN.match(value):
         return value
     return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
+
+
+def read_env(text: str) -> dict[str, str]:
+    """client.env read back (the values env_value wrote: plain, or double-quoted with \\ before " \\ $ `)."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r'\\(["\\$`])', r"\1", value[1:-1])
+        out[name.strip()] = value
+    return out
 
 
 def build_release(mzp: str, app: str, current: Issued, password: str, api_url: str) -> Release:
@@ -72,7 +87,8 @@ def build_release(mzp: str, app: str, current: Issued, password: str, api_url: s
     for part in (files["client.crt"], files["client.key"], files["ca.crt"], files["client.env"],
                  repr(sorted(MODES.items())).encode()):
         h.update(hashlib.sha256(part).digest())
-    return Release(serial=current.serial, release_id=h.hexdigest(), files=files)
+    return Release(serial=current.serial, release_id=h.hexdigest(), files=files,
+                   not_before=leaf.not_valid_before_utc.isoformat(), known_serials=tuple(current.known_serials))
 
 
 def release_from_vault(store: Store, mzp: str, app: str, api_url: str) -> Release:
@@ -87,6 +103,19 @@ def release_from_vault(store: Store, mzp: str, app: str, api_url: str) -> Releas
         raise UserError(f"{mzp}: no MZP password in Vault, and API calls need it; store it",
                         remedy=Remedy.STORE_ACCOUNT_PASSWORD, mzp=mzp)
     return build_release(mzp, app, cur.record, acct.record.password, api_url)
+
+
+def ahead(index: Index, host: dict, now: dt.datetime) -> bool:
+    """Whether a host serves a certificate newer than Vault's current one that Vault does not know: still valid,
+    issued after Vault's (notBefore), and neither Vault's current serial nor one of its history. Its key is then
+    on that host only (Vault was restored from a backup taken before it was imported), and a deploy must leave
+    it alone. The release module applies the same rule on the host before it switches (`ahead_of_vault`)."""
+    serial, nb, na = host.get("serial") or "", host.get("not_before") or "", host.get("not_after") or ""
+    known = {s for s in index.known_serials.split(",") if s} | {index.serial}
+    if not serial or serial in known or not nb or not na or not index.not_before:
+        return False
+    return dt.datetime.fromisoformat(nb) > dt.datetime.fromisoformat(index.not_before) \
+        and dt.datetime.fromisoformat(na) > now
 
 
 def drift(index: Index | None, host: dict, now: dt.datetime, expiring_days: int) -> list[str]:
@@ -106,6 +135,11 @@ def drift(index: Index | None, host: dict, now: dt.datetime, expiring_days: int)
     if host.get("fingerprint_sha256") != index.fingerprint_sha256:
         if host.get("serial") == index.serial:
             out.append("mismatched: client.crt differs from Vault's certificate with the same serial")
+        elif ahead(index, host, now):
+            out.append(f"ahead: serves serial {host.get('serial')} (issued {host.get('not_before')}), newer than "
+                       f"Vault's current {index.serial} (issued {index.not_before}) and unknown to Vault: its key "
+                       "is on the hosts only (Vault restored from a backup older than that import?); deploys leave "
+                       "it alone; take it back into Vault (README: Disaster recovery)")
         else:
             out.append(f"stale: serves serial {host.get('serial') or '?'}, Vault's current is {index.serial}")
     elif index.key_sha256 and host.get("key_sha256") != index.key_sha256:

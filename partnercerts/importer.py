@@ -162,6 +162,73 @@ class Importer:
         self.index.reindex(mzp, app, now)
         return record
 
+    def recover(self, mzp: str, app: str, host: str, files: dict[str, bytes], now: dt.datetime,
+                ca: Source | None = None) -> ImportResult:
+        """Make the release a host serves Vault's current again, after Vault lost it (restored from a backup older
+        than its import): `files` are that release's client.crt (certificate and chain), client.key, ca.crt and
+        client.env, read on the host. Only a certificate newer than Vault's current and unknown to it is taken,
+        and only through the import gate: its key must be the one in client.key, its subject the partner's,
+        valid now, its chain verified to the CA (`ca`, else PARTNERCERTS_CA_FILE, else Vault's current CA, else
+        the host's ca.crt). A pending key that is this key is settled. Nothing changes on any refusal."""
+        from . import certs, deploy, keys
+        from .profile import KEY_SPECS
+        partner = self.inventory.partner(mzp)
+        partner.app(app)
+        where = f"{host}: {mzp}/{app}"
+        missing = [n for n in ("client.crt", "client.key", "ca.crt", "client.env") if not files.get(n)]
+        if missing:
+            raise UserError(f"{where}: the release current serves lacks {', '.join(missing)}; nothing to recover "
+                            "from this host, try another")
+        limit = self.settings.max_input_bytes
+        bundle = certs.load_bundle(files["client.crt"], f"{where} client.crt", limit)
+        try:
+            key = keys.from_pem(files["client.key"].decode("ascii"))
+        except (ValueError, TypeError, UnicodeDecodeError):
+            raise GateRefusal(f"{where}: client.key is not a readable private key; nothing to recover from this "
+                              "host, try another") from None
+        spec = next((name for name, size in KEY_SPECS.items() if getattr(key, "key_size", None) == size), "")
+        env = deploy.read_env(files["client.env"].decode("utf-8", "replace"))
+        client_id, p12_password = env.get("PSA_CLIENT_ID", ""), env.get("PSA_P12_PASSWORD", "")
+        check_client_id(client_id)
+        self.store.check_mount()
+        cur = self.store.current(mzp, app)
+        anchors = self._anchors(ca)
+        if not anchors and cur and cur.record.ca_pem:
+            anchors = certs.from_pem(cur.record.ca_pem)
+        if not anchors:
+            anchors = certs.load_anchors(files["ca.crt"], f"{where} ca.crt", limit)
+        accepted = certs.gate(bundle, pending_key_sha256=keys.spki_sha256(key.public_key()),
+                              expected_subject=partner.subject.to_name(), anchors=anchors, now=now,
+                              min_validity_days=0, source=f"{where} client.crt")
+        leaf = accepted.leaf
+        serial = certs.serial_hex(leaf)
+        if cur is not None:
+            known = set(self.store.history_serials(mzp, app)) | {cur.record.serial}
+            if serial in known:
+                raise UserError(f"{where}: serves serial {serial}, which Vault holds already; nothing to recover "
+                                f"(deploy puts Vault's current on the host: scripts/inv deploy --only {mzp}/{app})")
+            if cur.record.not_before and leaf.not_valid_before_utc <= dt.datetime.fromisoformat(cur.record.not_before):
+                raise UserError(f"{where}: serves serial {serial}, issued before Vault's current {cur.record.serial}; "
+                                "only a newer certificate is taken back (deploy replaces this one)")
+        record = Issued(
+            key_pem=files["client.key"].decode("ascii"), key_sha256=keys.spki_sha256(key.public_key()), key_spec=spec,
+            cert_pem=certs.to_pem([leaf]), chain_pem=certs.to_pem(accepted.chain),
+            ca_pem=certs.to_pem(accepted.anchors), client_id=client_id, serial=serial,
+            not_before=iso(leaf.not_valid_before_utc), not_after=iso(leaf.not_valid_after_utc),
+            fingerprint_sha256=certs.fingerprint(leaf), p12_password=p12_password or secrets.token_urlsafe(24),
+            imported_at=iso(now), subject_notes=list(accepted.differences),
+            recovered_from={"host": host, "by": self.store.who(), "at": iso(now)})
+        try:
+            self.store.put_history(mzp, app, record)
+        except Conflict:
+            raise UserError(f"{where}: serial {serial} is already in Vault's history; nothing to recover") from None
+        self.store.put_current(mzp, app, record, cas=cur.version if cur else 0)
+        pend = self.store.live_pending(mzp, app)
+        if pend and pend.record.key_sha256 == record.key_sha256:  # the lost import's own pending key
+            self.store.put_pending(mzp, app, pend.record.tombstone(serial, now), cas=pend.version)
+        self.index.reindex(mzp, app, now)
+        return ImportResult.of(mzp, app, record)
+
     def rollback(self, mzp: str, app: str, now: dt.datetime, to: str | None = None) -> ImportResult:
         """Make an earlier certificate of the history current again (default: the one before current)."""
         self.inventory.partner(mzp).app(app)

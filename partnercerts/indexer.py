@@ -46,6 +46,16 @@ def notes_of(value: str) -> list[str]:
     return [str(n) for n in found] if isinstance(found, list) else [str(found)]
 
 
+def serials_value(serials: list[str]) -> str:
+    """Serials as one custom-metadata value: comma-separated, whole serials only, the last that fit in MAX_VALUE."""
+    out: list[str] = []
+    for serial in reversed(serials):
+        if len(",".join([serial, *out])) > MAX_VALUE:
+            break
+        out.insert(0, serial)
+    return ",".join(out)
+
+
 def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Hosts | None, now: dt.datetime) -> Index:
     """The index a credential's records give (no Vault access: the records are passed in)."""
     from . import certs
@@ -62,7 +72,8 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
                       subject_accepted_by=bounded(str(cur.subject_change.get("accepted_by", ""))
                                                   if cur.subject_change else ""),
                       withdrawn_at=str(cur.withdrawn.get("at", "")) if cur.withdrawn else "",
-                      withdrawn_by=bounded(str(cur.withdrawn.get("by", ""))) if cur.withdrawn else "")
+                      withdrawn_by=bounded(str(cur.withdrawn.get("by", ""))) if cur.withdrawn else "",
+                      known_serials=serials_value([str(s) for s in cur.known_serials]))
     if pend is not None:
         index.pending_since = pend.created_at
         index.pending_submitted_at = pend.submitted_at
@@ -83,6 +94,9 @@ def index_of(cur: Issued | None, version: int, pend: Pending | None, hosts: Host
         index.hosts_in_sync = str(sum(1 for h in hosts.hosts.values()
                                       if h.in_sync and h.fingerprint_sha256 == served))
         index.hosts_checked_at = hosts.checked_at
+        ahead = sum(1 for h in hosts.hosts.values()  # verify's drift, or the deploy the module refused
+                    if any(str(d).removeprefix("failed: ").startswith("ahead:") for d in h.drift))
+        index.hosts_ahead = str(ahead) if ahead else ""
     index.updated_at = iso(now)
     return index
 

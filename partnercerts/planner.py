@@ -121,6 +121,11 @@ def row_of(partner: Partner, application: Application, index: Index | None, stal
     if index.withdrawn_at:
         notes.append(Note(f"serial {index.serial} was withdrawn by {index.withdrawn_by} on {index.withdrawn_at} "
                           "(rekey --withdraw): its hosts must serve no certificate until the new one is imported"))
+    if index.hosts_ahead:
+        notes.append(Note(f"{index.hosts_ahead} host(s) serve a certificate newer than Vault's current "
+                          f"({index.serial}) and unknown to Vault: its key is on those hosts only (Vault restored "
+                          "from a backup older than an import?); deploys leave them alone; verify names them; "
+                          "take it back into Vault (README: Disaster recovery)"))
     if index.subject_accepted_by:
         notes.append(Note(f"serial {index.serial}: an identity change in its subject was accepted by "
                           f"{index.subject_accepted_by}"))

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote
 
@@ -203,7 +203,13 @@ class Issued(_Record):
     # Withdrawn by `rekey --withdraw` (its key is suspected exposed): {"reason", "by", "at"}. Deploys remove it
     # from the hosts instead of serving it; rollbacks refuse it; the next imported certificate replaces it.
     withdrawn: dict = field(default_factory=dict)
-    _lists: ClassVar[tuple[str, ...]] = ("turnarounds", "subject_notes")
+    # Taken back from a host by `recover --from-host` (Vault had lost it): {"host", "by", "at"}.
+    recovered_from: dict = field(default_factory=dict)
+    # Every serial Vault held for the credential when this became current (its history and itself), set by
+    # put_current: a host serving a newer certificate that is not among them holds a key Vault lost (Vault
+    # restored from a backup older than an import), and a deploy leaves it alone (deploy.ahead).
+    known_serials: list = field(default_factory=list)
+    _lists: ClassVar[tuple[str, ...]] = ("turnarounds", "subject_notes", "known_serials")
     _ints: ClassVar[tuple[str, ...]] = ("turnaround_seconds",)
 
     def to_data(self) -> dict:
@@ -339,10 +345,12 @@ class Index:
     hosts_total: str = ""
     hosts_in_sync: str = ""
     hosts_checked_at: str = ""
+    hosts_ahead: str = ""             # hosts serving a newer certificate unknown to Vault (deploy.ahead): how many
     subject_notes: str = ""           # what the authority changed in the subject: a JSON list, bounded
     subject_accepted_by: str = ""     # who accepted an identity change (OU, O, C), when one was accepted
     withdrawn_at: str = ""            # rekey --withdraw: the current certificate is removed from its hosts
     withdrawn_by: str = ""
+    known_serials: str = ""           # the current record's known_serials, comma-separated, bounded (deploy.ahead)
     updated_at: str = ""
     writing: str = ""                 # a write of `current` to this version began after the index was derived
 
@@ -559,6 +567,7 @@ class Store(KV):
             path = self.index_path(mzp, app)
             custom = self.read_custom(path)
             self.write_custom(path, {"schema": INDEX_SCHEMA, **custom, "writing": str(cas + 1)})
+        record = replace(record, known_serials=sorted(set(self.history_serials(mzp, app)) | {record.serial}))
         version = self._put(self.current_path(mzp, app), record, cas)
         if version == 1 and self.index_layout() >= INDEX_LAYOUT:  # layout 1 raised it with every index write
             self._call("post", f"/v1/{self.mount}/metadata/{self.current_path(mzp, app)}",

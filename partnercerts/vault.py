@@ -249,7 +249,9 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
     if not addr:
         server = embedded.Embedded(settings)
         server.up()
-        return server.client()
+        # Through the failover adapter too: a server just unsealed can answer 503 for a moment, retried in budget.
+        return hvac.Client(url=server.addr, token=server.client().token, timeout=30,
+                           adapter=functools.partial(FailoverAdapter, [server.addr], vs.retry_seconds))
     verify: bool | str = True
     if vs.cacert:
         verify = vs.cacert

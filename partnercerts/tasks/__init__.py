@@ -12,7 +12,7 @@ def namespace(*extra) -> Collection:
     ns = Collection(*extra, creds.csr, creds.import_cert, creds.status, creds.p12, creds.account, creds.rotate,
                     creds.submit, creds.smtp_password, creds.metrics, creds.replies, creds.mailbox_password,
                     creds.rekey, creds.history,
-                    hosts.deploy, hosts.verify, hosts.rollback, hosts.schedule)
+                    hosts.deploy, hosts.verify, hosts.rollback, hosts.recover, hosts.schedule)
     ns.add_collection(Collection.from_module(vault, name="vault"))
     ns.add_collection(Collection.from_module(sandbox, name="sandbox"))
     ns.configure({"run": {"echo": False}})

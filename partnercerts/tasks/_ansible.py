@@ -14,10 +14,23 @@ from ..settings import Settings
 def checkout(settings: Settings) -> Path:
     """The repository whose playbooks and ansible.cfg the host tasks run; an installed package has none."""
     if settings.checkout is None:
-        raise UserError("deploy, verify, rollback and schedule run the playbooks of a partnercerts checkout "
+        raise UserError("deploy, verify, rollback, recover and schedule run the playbooks of a partnercerts checkout "
                         "(scripts/inv); with the installed package, run the Ansible collection's playbooks "
                         "instead, e.g. ansible-playbook -i INVENTORY partnercerts.psa.deploy")
     return settings.checkout
+
+
+def ansible_env(settings: Settings) -> dict[str, str]:
+    """The environment of the Ansible commands: this checkout's ansible.cfg, the settings' inventory and state."""
+    return {"ANSIBLE_NOCOLOR": "1", **os.environ, "ANSIBLE_CONFIG": str(checkout(settings) / "ansible.cfg"),
+            "PARTNERCERTS_INVENTORY": str(settings.inventory), "PARTNERCERTS_STATE_DIR": str(settings.state_dir)}
+
+
+def inventory_has_host(settings: Settings, host: str) -> bool:
+    """Whether the Ansible inventory knows `host` by that name (ansible-inventory --host)."""
+    cmd = [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(settings.inventory), "--host", host]
+    return subprocess.run(cmd, env=ansible_env(settings), stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=120).returncode == 0
 
 
 def playbook(name: str, settings: Settings, *, limit: str | None = None, check: bool = False, diff: bool = False,
@@ -40,7 +53,5 @@ def playbook(name: str, settings: Settings, *, limit: str | None = None, check: 
         cmd += ["-e", json.dumps(extra)]
     if verbose:
         cmd.append("-" + "v" * verbose)
-    env = {"ANSIBLE_NOCOLOR": "1", **os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
-           "PARTNERCERTS_INVENTORY": str(settings.inventory), "PARTNERCERTS_STATE_DIR": str(settings.state_dir)}
     sys.stdout.flush()
-    return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
+    return subprocess.run(cmd, env=ansible_env(settings), stdin=subprocess.DEVNULL).returncode

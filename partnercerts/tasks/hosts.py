@@ -8,7 +8,7 @@ from invoke.exceptions import Exit
 
 from ..errors import UserError
 from ..settings import Settings
-from ._ansible import checkout, playbook
+from ._ansible import checkout, inventory_has_host, playbook
 from ._common import info, now, reports_errors, toolkit
 from .creds import APP_HELP, MZP_HELP
 
@@ -61,6 +61,32 @@ def rollback(c, mzp, app, to=None, dry_run=False):
     result = tk.importer.rollback(mzp, app, now(), to)
     print(f"{mzp}/{app}: serial {result.serial} (valid until {result.not_after}) is current again in Vault")
     _run("deploy.yml", extra={"partnercerts_deploy_only": [f"{mzp}/{app}"]})
+
+
+@task(help={"from-host": "the inventory host whose current release is taken back into Vault",
+            "mzp": MZP_HELP, "app": APP_HELP,
+            "ca": "the CA certificate (PEM) its chain must verify to (default: PARTNERCERTS_CA_FILE, else Vault's "
+                  "current CA)"})
+@reports_errors
+def recover(c, from_host, mzp, app, ca=None):
+    """After Vault was restored from an older backup: take the release a host serves back into Vault."""
+    from pathlib import Path
+
+    tk = toolkit()
+    tk.inventory.partner(mzp).app(app)
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", from_host) or not inventory_has_host(tk.settings, from_host):
+        raise UserError(f"--from-host {from_host}: no such host in the inventory {tk.settings.inventory}; give the "
+                        "name of one host that serves the credential (ansible-inventory --list shows them)")
+    extra = {"partnercerts_recover_mzp": mzp, "partnercerts_recover_app": app}
+    if ca:
+        path = Path(ca).absolute()
+        if not path.is_file():
+            raise UserError(f"--ca {ca}: no such file; give the CA certificate (PEM) the chain must verify to")
+        extra["partnercerts_recover_ca"] = str(path)
+    _run("recover.yml", limit=from_host, extra=extra)
+    rows = tk.planner.rows(now(), mzp, app)
+    print(f"{mzp}/{app}: serial {rows[0].serial} (valid until {rows[0].not_after}) from {from_host} is current "
+          f"in Vault again; deploy it to the other hosts: scripts/inv deploy --only {mzp}/{app}")
 
 
 @task(help={"remove": "remove the scheduled rotation (the log and the environment file stay)",

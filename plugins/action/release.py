@@ -27,6 +27,9 @@ class ActionModule(ActionBase):
         # activated + verify: the reload is recorded and current checked against Vault in one round trip
         verify = state == "inspect" or (state == "activated" and bool(args.pop("verify", False)))
         args.pop("verify", None)
+        if state == "export":  # the module's export returns the key: only the recover action takes it, in memory
+            raise AnsibleActionFail("state=export is for partnercerts.psa.recover, which takes the release into "
+                                    "Vault without showing it; use that module")
         with core.user_errors():
             release = None
             if state == "present":

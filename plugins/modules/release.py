@@ -56,8 +56,10 @@ options:
       - V(activated) records that the service was reloaded on C(current) (clears the reload-pending mark a
         switch leaves, so a deploy interrupted between its switch and its reload reloads on the next run),
         then reports what C(current) holds, as V(inspect) does; with O(verify), compared with Vault.
+      - V(export) is used by M(partnercerts.psa.recover) only (the files it returns are secret), and refused
+        here.
     type: str
-    choices: [present, rollback, inspect, smoke, activated, withdrawn]
+    choices: [present, rollback, inspect, smoke, activated, withdrawn, export]
     default: present
   api_url:
     description:
@@ -140,6 +142,18 @@ options:
         do not set it. Apart from O(files) because Ansible masks every value of a C(no_log) option wherever it
         appears in the result, and a mode such as C(0600) would then be masked inside a fingerprint.
     type: dict
+  not_before:
+    description:
+      - Set by the action plugin with O(state=present) (when Vault's certificate was issued, ISO 8601); do not
+        set it. With O(known_serials), a host whose current certificate is still valid, newer and unknown to
+        Vault is never switched away from (its key would be lost); the task fails and says so.
+    type: str
+  known_serials:
+    description:
+      - Set by the action plugin with O(state=present) (every serial Vault holds for the credential); do not
+        set it.
+    type: list
+    elements: str
 notes:
   - O(mzp) and O(app) are required with O(state=present), and to compare with Vault (O(state=inspect),
     O(state=activated) with O(verify), and an unchanged O(state=present)).
@@ -515,22 +529,23 @@ def free_name(releases, serial):
     return "%s-%d" % (serial, n)
 
 
-def stage(releases, name, release_id, files, uid, gid):
-    """Write every file into a hidden directory, fsync, verify, then rename it into place."""
+def stage(releases, name, release_id, files, modes, uid, gid):
+    """Write every file (name: base64 content) with its mode into a hidden directory, fsync, verify, then rename
+    it into place."""
     tmp = tempfile.mkdtemp(prefix=".stage-%s-" % name, dir=releases)
     try:
         os.chmod(tmp, 0o750)
         if uid != -1 or gid != -1:
             os.chown(tmp, uid, gid)
         manifest = {"release_id": release_id, "files": {}}
-        for fname, spec in files.items():
-            data = base64.b64decode(spec["content"])
+        for fname, content in files.items():
+            data = base64.b64decode(content)
             path = os.path.join(tmp, fname)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 if uid != -1 or gid != -1:
                     os.fchown(fd, uid, gid)
-                os.fchmod(fd, int(spec["mode"], 8))
+                os.fchmod(fd, modes[fname])
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -618,6 +633,26 @@ def prune(releases, keep, protect):
     return removed
 
 
+def ahead_of_vault(dest, before, p, now):
+    """The facts of the certificate current serves when it is still valid, newer than Vault's (not_before) and
+    not a serial Vault knows: its key is on this host only (Vault restored from an older backup). Else None.
+    The same rule as partnercerts.deploy.ahead on the controller."""
+    if not before or not p["not_before"] or p["known_serials"] is None:
+        return None
+    release_dir = os.path.join(dest, "releases", before)
+    try:
+        facts = cert_facts(os.path.join(release_dir, "client.crt"), os.path.join(release_dir, "client.key"))
+        vault_nb = datetime.datetime.fromisoformat(p["not_before"])
+        nb = datetime.datetime.fromisoformat(facts["not_before"])
+        na = datetime.datetime.fromisoformat(facts["not_after"])
+    except (OSError, Refused, KeyError, ValueError):
+        return None  # no readable certificate: nothing that could be lost
+    known = set(p["known_serials"]) | {p["serial"]}
+    if facts["serial"] in known or not facts["key_matches"] or nb <= vault_nb or na <= now:
+        return None
+    return facts
+
+
 def present(module, p):
     dest, serial, release_id = p["dest"], p["serial"], p["release_id"]
     if not serial or not SAFE_NAME.match(serial) or not release_id or not p["files"]:
@@ -628,13 +663,13 @@ def present(module, p):
     modes_given = p["modes"] or {}
     if set(modes_given) != set(p["files"]) or not all(OCTAL.match(str(m)) for m in modes_given.values()):
         module.fail_json(msg="modes must give an octal mode for each file of files, and only for them")
-    files = dict((k, {"content": v, "mode": str(modes_given[k])}) for k, v in p["files"].items())
+    files = p["files"]
+    modes = dict((k, int(str(v), 8)) for k, v in modes_given.items())
     try:
         uid, gid = ids(p["owner"], p["group"])
     except KeyError:
         module.fail_json(msg="owner %r or group %r does not exist on this host; create it or fix the inventory"
                          % (p["owner"], p["group"]))
-    modes = dict((k, int(v["mode"], 8)) for k, v in files.items())
     releases = os.path.join(dest, "releases")
     before = current_target(dest) if os.path.isdir(dest) else None
     existing = find_release(releases, serial, release_id, uid, gid, modes)
@@ -650,6 +685,15 @@ def present(module, p):
         else:
             result["diff"]["after"] = result["diff"]["before"]
         return result
+    newer = ahead_of_vault(dest, before, p, datetime.datetime.now(datetime.timezone.utc))
+    if newer:
+        module.fail_json(msg="ahead: current serves serial %s (issued %s), newer than Vault's certificate %s (issued "
+                             "%s) and unknown to Vault: its key is on the hosts only (Vault restored from a backup "
+                             "older than that import?); not replaced; take it back into Vault (README: Disaster "
+                             "recovery)" % (newer["serial"], newer["not_before"], serial, p["not_before"]),
+                         ahead=True, release=before, serial=newer["serial"], not_before=newer["not_before"],
+                         not_after=newer["not_after"], fingerprint_sha256=newer["fingerprint_sha256"],
+                         switched=False, previous=before)
     name = existing or free_name(releases, serial)
     result.update(changed=True, release=name)
     result["diff"]["after"] = "current: %s%s\n" % (name, "" if existing else " (new release, serial %s)" % serial)
@@ -658,7 +702,7 @@ def present(module, p):
     ensure_dir(dest, uid, gid)
     ensure_dir(releases, uid, gid)
     if not existing:
-        stage(releases, name, release_id, files, uid, gid)
+        stage(releases, name, release_id, files, modes, uid, gid)
         result["staged"] = True
     else:
         check_release(os.path.join(releases, name), datetime.datetime.now(datetime.timezone.utc))
@@ -727,7 +771,7 @@ def secrets_of(files):
     for name, content in (files or {}).items():
         try:
             text = base64.b64decode(content).decode("utf-8", "replace")
-        except (KeyError, TypeError, ValueError):
+        except (TypeError, ValueError):
             continue
         if name == "client.key":
             found.update(line.strip() for line in text.splitlines() if len(line.strip()) >= 16)
@@ -844,6 +888,31 @@ def inspect(module, p):
     return out
 
 
+EXPORTED = ("client.crt", "client.key", "ca.crt", "client.env")
+
+
+def export(module, p):
+    """The files current serves, for recover --from-host (the partnercerts.psa.recover action plugin takes them
+    into Vault in memory and returns none of them), once they pass the integrity check against their manifest."""
+    dest = p["dest"]
+    name = current_target(dest) if os.path.isdir(dest) else None
+    if not name:
+        raise Refused("nothing deployed in current: no release to recover from this host")
+    release_dir = os.path.join(dest, "releases", name)
+    manifest = read_manifest(release_dir)
+    if manifest is None:
+        raise Refused("current points at %s, which has no manifest: not recovered from this host" % name)
+    problems = integrity(release_dir, manifest, -1, -1, None)
+    if problems:
+        raise Refused("current (%s) is not as it was deployed (%s): not recovered from this host"
+                      % (name, "; ".join(problems)))
+    exported = {}
+    for fname in EXPORTED:
+        with open(os.path.join(release_dir, fname), "rb") as fh:
+            exported[fname] = base64.b64encode(fh.read()).decode("ascii")
+    return {"changed": False, "release": name, "exported": exported}
+
+
 def read_env_text(text):
     env = {}
     for line in text.splitlines():
@@ -889,7 +958,7 @@ def main():
         argument_spec=dict(
             dest=dict(type="path", required=True),
             state=dict(type="str", default="present",
-                       choices=["present", "rollback", "inspect", "smoke", "activated", "withdrawn"]),
+                       choices=["present", "rollback", "inspect", "smoke", "activated", "withdrawn", "export"]),
             release_id=dict(type="str"),
             serial=dict(type="str"),
             files=dict(type="dict", no_log=True),
@@ -909,6 +978,8 @@ def main():
             activate=dict(type="bool", default=False),
             validate_command=dict(type="str"),
             reload_command=dict(type="str"),
+            not_before=dict(type="str"),
+            known_serials=dict(type="list", elements="str"),
         ),
         supports_check_mode=True,
     )
@@ -927,6 +998,8 @@ def main():
             result = activated(module, p)
         elif p["state"] == "withdrawn":
             result = withdrawn(module, p)
+        elif p["state"] == "export":
+            result = export(module, p)
         else:
             result = inspect(module, p)
         if p["activate"] and p["state"] in ("present", "withdrawn") and result["changed"] and not module.check_mode:

@@ -103,7 +103,8 @@ def release_from_vault(mzp, app, api_url):
     if release.withdrawn:  # rekey --withdraw: remove it from the host instead
         return dict(state="withdrawn", serial=release.serial), release
     files, modes = release.module_files()
-    return dict(serial=release.serial, release_id=release.release_id, files=files, modes=modes), release
+    return dict(serial=release.serial, release_id=release.release_id, files=files, modes=modes,
+                not_before=release.not_before, known_serials=list(release.known_serials)), release
 
 
 def served_facts(release):
@@ -198,3 +199,20 @@ def _load(data):
     report.events = [Event(kind=Kind(k), mzp=m, app=a, message=msg, details=d, at=dt.datetime.fromisoformat(at))
                      for k, m, a, msg, d, at in data.get("events", [])]
     return report
+
+
+# -- recover ---------------------------------------------------------------------------------------
+def recover(mzp, app, host, files, ca_path=None):
+    """The result of taking a host's release back into Vault (Importer.recover): no secret in it."""
+    from partnercerts import certs as certs_mod
+    from partnercerts.importer import Source
+    with user_errors():
+        tk = toolkit()
+        ca = None
+        if ca_path:
+            ca = Source(certs_mod.read_file(str(ca_path), tk.settings.max_input_bytes), str(ca_path))
+        done = tk.importer.recover(mzp, app, host, files, now(), ca=ca)
+    return dict(changed=True, serial=done.serial, not_after=done.not_after, client_id=done.client_id,
+                fingerprint_sha256=done.fingerprint_sha256,
+                msg="%s/%s: serial %s from %s is Vault's current again (valid until %s)"
+                    % (mzp, app, done.serial, host, done.not_after))

@@ -37,6 +37,12 @@ def files(cert_key, signing_key=None, days=365, not_before=None):
     return {n: {"content": base64.b64encode(c).decode(), "mode": modes[n]} for n, c in content.items()}
 
 
+def staged(releases, name, release_id, spec_files):
+    """stage() as the module calls it: the contents and the modes apart."""
+    mod.stage(str(releases), name, release_id, {n: v["content"] for n, v in spec_files.items()},
+              {n: int(v["mode"], 8) for n, v in spec_files.items()}, -1, -1)
+
+
 @pytest.mark.parametrize("case,match", [
     ("other_key", "client.key does not match client.crt; refusing to switch"),
     ("expired", "is not valid now"),
@@ -50,7 +56,7 @@ def test_stage_refuses_and_leaves_nothing_behind(tmp_path, case, match):
     releases = tmp_path / "releases"
     releases.mkdir()
     with pytest.raises(mod.Refused, match=match):
-        mod.stage(str(releases), "01", "rid", spec_files, -1, -1)
+        staged(releases, "01", "rid", spec_files)
     assert os.listdir(releases) == []
 
 
@@ -61,7 +67,7 @@ def test_stage_then_switch_then_prune_keeps_current_and_previous(tmp_path):
     names = []
     for i in range(5):
         name = f"0{i}"
-        mod.stage(str(releases), name, f"rid{i}", files(key()), -1, -1)
+        staged(releases, name, f"rid{i}", files(key()))
         os.utime(releases / name, (1000 + i, 1000 + i))
         mod.switch(str(dest), name)
         names.append(name)
@@ -194,3 +200,46 @@ def test_what_the_module_reports_is_never_masked_by_a_mode(tmp_path):
     assert out["release_id"] == f"rid-{serial}" and out["activated"]
     bad = present(tmp_path, dest, "02", {n: dict(v, mode="rw") for n, v in files(k).items()})
     assert bad["failed"] and "octal mode" in bad["msg"], bad
+
+
+def tree(root):
+    return sorted((str(p.relative_to(root)), p.is_symlink() and os.readlink(p)) for p in root.rglob("*"))
+
+
+def test_a_host_serving_a_newer_certificate_unknown_to_vault_is_never_switched_away_from(tmp_path, service):
+    """Vault restored from a backup older than the last import: what it calls current is older than what the
+    host serves, and the newer key exists on the hosts only. The module leaves it alone and says so; once Vault
+    knows that serial (a rollback to an older certificate), the same call switches."""
+    dest, log, cmds = service
+    issued = NOW - dt.timedelta(days=30)
+    vaults = files(key(), not_before=issued)
+    first = present(tmp_path, dest, "NEWER", files(key()), **cmds)
+    assert first["switched"] and not first.get("failed"), first
+    newer = first["serial"]
+    before, reloads = tree(dest), log.read_text()
+    refused = present(tmp_path, dest, "OLDER", vaults, not_before=issued.isoformat(), known_serials=["OLDER"], **cmds)
+    assert refused.get("failed") and refused["ahead"], refused
+    assert refused["msg"].startswith(f"ahead: current serves serial {newer} (issued "), refused["msg"]
+    assert "newer than Vault's certificate OLDER" in refused["msg"] and "not replaced" in refused["msg"]
+    assert tree(dest) == before and log.read_text() == reloads  # nothing staged, switched or reloaded
+    # Vault's history holds the newer serial (an operator rolled back on purpose): replaced as asked.
+    rolled = present(tmp_path, dest, "OLDER", vaults, not_before=issued.isoformat(),
+                     known_serials=["OLDER", newer], **cmds)
+    assert rolled["switched"] and not rolled.get("failed") and os.readlink(dest / "current") == "releases/OLDER"
+    # A certificate older than Vault's is replaced without a question (the usual renewal).
+    renewed = present(tmp_path, dest, "RENEWED", files(key()), not_before=NOW.isoformat(), known_serials=[], **cmds)
+    assert renewed["switched"] and not renewed.get("failed"), renewed
+
+
+@pytest.mark.parametrize("value", ["plain-1.2", "with space", 'q"uote', "back\\slash", "dollar$HOME", "tick`id`",
+                                   "all \" \\ $ ` of them", "", "équipe", "a=b=c"])
+def test_client_env_reads_back_the_same_in_sh_the_module_and_the_core(tmp_path, value):
+    """What deploy.env_value writes, read back by sh (the service's view), by the module and by recover."""
+    from partnercerts import deploy
+    env = tmp_path / "client.env"
+    env.write_text(f"PSA_P12_PASSWORD={deploy.env_value(value)}\n", encoding="utf-8")
+    sh = subprocess.run(["sh", "-c", '. "$1"; printf %s "$PSA_P12_PASSWORD"', "sh", str(env)],
+                        capture_output=True, text=True, check=True).stdout
+    assert sh == value
+    assert mod.read_env(str(env))["PSA_P12_PASSWORD"] == value
+    assert deploy.read_env(env.read_text(encoding="utf-8"))["PSA_P12_PASSWORD"] == value
