@@ -222,12 +222,13 @@ class Embedded:
                 if time.monotonic() > deadline:
                     raise UserError(f"the embedded OpenBao did not unseal (see {self.log_file})")
                 time.sleep(0.1)
-        client.token = self._token()
+        client.token = self.token()
         mounts = client.sys.list_mounted_secrets_engines()["data"]
         if f"{self.settings.kv_mount}/" not in mounts:
             client.sys.enable_secrets_engine("kv", path=self.settings.kv_mount, options={"version": "2"})
 
-    def _token(self) -> str:
+    def token(self) -> str:
+        """The root token of this state directory's server (from its 0600 file)."""
         try:
             return self.token_file.read_text().strip()
         except FileNotFoundError:
@@ -235,7 +236,7 @@ class Embedded:
                             f"restore that file, or remove {self.dir} to start afresh (losing its secrets)") from None
 
     def client(self) -> hvac.Client:
-        return hvac.Client(url=self.addr, token=self._token(), timeout=30)
+        return hvac.Client(url=self.addr, token=self.token(), timeout=30)
 
     def down(self) -> bool:
         """Stop this state directory's server (never another's); False when it was not running."""

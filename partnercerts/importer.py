@@ -126,29 +126,33 @@ class Importer:
         return ImportResult.of(mzp, app, record, warnings=warnings)
 
     @staticmethod
-    def _issued(accepted, pend: Pending, cur: Versioned[Issued] | None, client_id: str, now: dt.datetime,
-                submission: str, submitted_at: str) -> Issued:
+    def _certificate(accepted, now: dt.datetime, **fields) -> Issued:
+        """The record of a certificate the gate accepted (the key and the rest in `fields`)."""
         from . import certs
         leaf = accepted.leaf
-        record = Issued(
-            key_pem=pend.key_pem, key_sha256=pend.key_sha256, key_spec=pend.key_spec,
-            cert_pem=certs.to_pem([leaf]), chain_pem=certs.to_pem(accepted.chain),
-            ca_pem=certs.to_pem(accepted.anchors), client_id=client_id, serial=certs.serial_hex(leaf),
-            not_before=iso(leaf.not_valid_before_utc), not_after=iso(leaf.not_valid_after_utc),
-            fingerprint_sha256=certs.fingerprint(leaf), p12_password=secrets.token_urlsafe(24),
-            imported_at=iso(now), pending_created_at=pend.created_at,
-            submitted_at=submitted_at or pend.submitted_at, submission=submission or pend.submission,
-            subject_notes=list(accepted.differences))
+        return Issued(cert_pem=certs.to_pem([leaf]), chain_pem=certs.to_pem(accepted.chain),
+                      ca_pem=certs.to_pem(accepted.anchors), serial=certs.serial_hex(leaf),
+                      not_before=iso(leaf.not_valid_before_utc), not_after=iso(leaf.not_valid_after_utc),
+                      fingerprint_sha256=certs.fingerprint(leaf), imported_at=iso(now),
+                      subject_notes=list(accepted.differences), **fields)
+
+    @classmethod
+    def _issued(cls, accepted, pend: Pending, cur: Versioned[Issued] | None, client_id: str, now: dt.datetime,
+                submission: str, submitted_at: str) -> Issued:
+        record = cls._certificate(
+            accepted, now, key_pem=pend.key_pem, key_sha256=pend.key_sha256, key_spec=pend.key_spec,
+            client_id=client_id, p12_password=secrets.token_urlsafe(24), pending_created_at=pend.created_at,
+            submitted_at=submitted_at or pend.submitted_at, submission=submission or pend.submission)
         if record.submitted_at:
             took = int((now - dt.datetime.fromisoformat(record.submitted_at)).total_seconds())
             record.turnaround_seconds = took
             record.turnarounds = ((cur.record.turnarounds if cur else []) + [took])[-5:]
         return record
 
-    def _write(self, mzp: str, app: str, record: Issued, cur: Versioned[Issued] | None, pend: Versioned[Pending],
-               source: str, now: dt.datetime) -> Issued:
+    def _write(self, mzp: str, app: str, record: Issued, cur: Versioned[Issued] | None,
+               pend: Versioned[Pending] | None, source: str, now: dt.datetime) -> Issued:
         """Order matters for crash safety: history (write-once), then current (one atomic write: readers see
-        old or new, never half), then the pending tombstone, then the index."""
+        old or new, never half), then the pending tombstone (when the key was pending), then the index."""
         try:
             self.store.put_history(mzp, app, record)
         except Conflict:
@@ -158,7 +162,8 @@ class Importer:
                                   "certificate; the authority reused a serial, ask it for a new certificate") from None
             record = old.record
         self.store.put_current(mzp, app, record, cas=cur.version if cur else 0)
-        self.store.put_pending(mzp, app, pend.record.tombstone(record.serial, now), cas=pend.version)
+        if pend is not None:
+            self.store.put_pending(mzp, app, pend.record.tombstone(record.serial, now), cas=pend.version)
         self.index.reindex(mzp, app, now)
         return record
 
@@ -210,24 +215,13 @@ class Importer:
             if cur.record.not_before and leaf.not_valid_before_utc <= dt.datetime.fromisoformat(cur.record.not_before):
                 raise UserError(f"{where}: serves serial {serial}, issued before Vault's current {cur.record.serial}; "
                                 "only a newer certificate is taken back (deploy replaces this one)")
-        record = Issued(
-            key_pem=files["client.key"].decode("ascii"), key_sha256=keys.spki_sha256(key.public_key()), key_spec=spec,
-            cert_pem=certs.to_pem([leaf]), chain_pem=certs.to_pem(accepted.chain),
-            ca_pem=certs.to_pem(accepted.anchors), client_id=client_id, serial=serial,
-            not_before=iso(leaf.not_valid_before_utc), not_after=iso(leaf.not_valid_after_utc),
-            fingerprint_sha256=certs.fingerprint(leaf), p12_password=p12_password or secrets.token_urlsafe(24),
-            imported_at=iso(now), subject_notes=list(accepted.differences),
+        record = self._certificate(
+            accepted, now, key_pem=files["client.key"].decode("ascii"), key_sha256=keys.spki_sha256(key.public_key()),
+            key_spec=spec, client_id=client_id, p12_password=p12_password or secrets.token_urlsafe(24),
             recovered_from={"host": host, "by": self.store.who(), "at": iso(now)})
-        try:
-            self.store.put_history(mzp, app, record)
-        except Conflict:
-            raise UserError(f"{where}: serial {serial} is already in Vault's history; nothing to recover") from None
-        self.store.put_current(mzp, app, record, cas=cur.version if cur else 0)
         pend = self.store.live_pending(mzp, app)
-        if pend and pend.record.key_sha256 == record.key_sha256:  # the lost import's own pending key
-            self.store.put_pending(mzp, app, pend.record.tombstone(serial, now), cas=pend.version)
-        self.index.reindex(mzp, app, now)
-        return ImportResult.of(mzp, app, record)
+        mine = pend if pend and pend.record.key_sha256 == record.key_sha256 else None  # the lost import's own key
+        return ImportResult.of(mzp, app, self._write(mzp, app, record, cur, mine, f"{where} client.crt", now))
 
     def rollback(self, mzp: str, app: str, now: dt.datetime, to: str | None = None) -> ImportResult:
         """Make an earlier certificate of the history current again (default: the one before current)."""

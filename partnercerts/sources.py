@@ -16,16 +16,21 @@ class Resolved:
     problems: list[str] = field(default_factory=list)  # what a reply e-mail held that was not used, and why
 
 
+def from_file(settings: Settings, path: str) -> Source:
+    """A certificate or CA file, read within the input size limit (named by its path in messages)."""
+    from . import certs
+    return Source(certs.read_file(path, settings.max_input_bytes), path)
+
+
 def resolve(settings: Settings, *, cert: str | None = None, url: str | None = None, eml: str | None = None,
             ca: str | None = None, client_id: str | None = None) -> Resolved:
     """Read the one source given (and the CA file); links obey the HTTPS-only, allowed-hosts and size rules."""
     from . import certs, reply
     if sum(x is not None for x in (cert, url, eml)) != 1:
         raise UserError("give exactly one of --cert FILE, --url LINK or --eml FILE")
-    limit = settings.max_input_bytes
-    ca_source = Source(certs.read_file(ca, limit), ca) if ca else None
+    ca_source = from_file(settings, ca) if ca else None
     if cert:
-        return Resolved(Source(certs.read_file(cert, limit), cert), ca_source, client_id)
+        return Resolved(from_file(settings, cert), ca_source, client_id)
     if url:
         return Resolved(download(settings, url), ca_source, client_id)
     assert eml is not None

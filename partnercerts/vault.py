@@ -46,9 +46,20 @@ class Lease:
             return None
         return cls(max(whole, left), time.monotonic() + left, bool(renewable))
 
+    @classmethod
+    def of_login(cls, answer) -> "Lease | None":
+        """From the answer to a login (its auth block)."""
+        auth = (answer if isinstance(answer, dict) else {}).get("auth") or {}
+        return cls.of(auth.get("lease_duration"), None, auth.get("renewable"))
+
     @property
     def left(self) -> float:
         return self.expires - time.monotonic()
+
+    @property
+    def fresh(self) -> bool:
+        """More than a third of the lease is left: nothing to do yet."""
+        return self.left > self.full / 3
 
 
 def _bare_denial(errors) -> bool:
@@ -116,18 +127,14 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
         calls it too (its reads do not go through request()), with `lookup`: lookup-self over its own
         connection, so that a given token's first look costs no second connection."""
         lease = self.lease
-        if lease is None and (self._looked or not self.token):
-            return
-        if lease is not None and lease.left > lease.full / 3:
+        if (lease.fresh if lease is not None else self._looked or not self.token):
             return
         with self._keeping:
             if self.lease is None and not self._looked:
                 self._looked = True
-                self.lease = self._looked_up(lookup)
-                if self.lease is None or self.lease.left > self.lease.full / 3:
-                    return
+                self.lease = self._lookup_lease(lookup)
             lease = self.lease
-            if lease is None or lease.left > lease.full / 3:  # another thread renewed it meanwhile
+            if lease is None or lease.fresh:  # no expiry, or fresh (looked up, or renewed by another thread)
                 return
             if lease.renewable and self._renewed(lease):
                 return
@@ -139,7 +146,7 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
                             "that outlasts it stops at its next request", self.credentials or "use", lease.left)
             self.lease = None  # warned once: no more attempts
 
-    def _looked_up(self, lookup: Callable[[], dict | None] | None = None) -> Lease | None:
+    def _lookup_lease(self, lookup: Callable[[], dict | None] | None = None) -> Lease | None:
         """The lease of a token given as such, from auth/token/lookup-self (None: no expiry, or it may not look)."""
         try:
             answer = lookup() if lookup is not None else self._send("GET", "/v1/auth/token/lookup-self")
@@ -159,7 +166,7 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
         if renewed is None:
             return False
         self.lease = renewed
-        return renewed.left > lease.full / 3
+        return renewed.fresh
 
     def _relogin(self, why: str) -> bool:
         """Log in anew with the AppRole; False (and the reason kept for the refusal's message) if Vault refuses."""
@@ -170,8 +177,7 @@ class FailoverAdapter(hvac.adapters.JSONAdapter):
             self.login_refused = _first_line(exc)
             log.warning("%s; logging in again with the AppRole failed: %s", why, self.login_refused)
             return False
-        auth = (answer or {}).get("auth") or {}
-        self.lease = Lease.of(auth.get("lease_duration"), None, auth.get("renewable"))
+        self.lease = Lease.of_login(answer)
         log.info("%s: logged in again with the AppRole", why)
         return True
 
@@ -250,7 +256,7 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
         server = embedded.Embedded(settings)
         server.up()
         # Through the failover adapter too: a server just unsealed can answer 503 for a moment, retried in budget.
-        return hvac.Client(url=server.addr, token=server.client().token, timeout=30,
+        return hvac.Client(url=server.addr, token=server.token(), timeout=30,
                            adapter=functools.partial(FailoverAdapter, [server.addr], vs.retry_seconds))
     verify: bool | str = True
     if vs.cacert:
@@ -278,8 +284,7 @@ def connect(settings: Settings, env: dict | None = None) -> hvac.Client:
             adapter = client.adapter
             adapter.relogin = functools.partial(client.auth.approle.login, role_id=vs.role_id,
                                                 secret_id=vs.secret_id, mount_point=vs.approle_mount)
-            auth = (adapter.relogin() or {}).get("auth") or {}
-            adapter.lease = Lease.of(auth.get("lease_duration"), None, auth.get("renewable"))
+            adapter.lease = Lease.of_login(adapter.relogin())
         else:
             raise UserError(f"VAULT_ADDR={addr} is set but no credentials were found; set VAULT_TOKEN, "
                             "write ~/.vault-token, or set VAULT_ROLE_ID and VAULT_SECRET_ID")

@@ -204,13 +204,10 @@ def _load(data):
 # -- recover ---------------------------------------------------------------------------------------
 def recover(mzp, app, host, files, ca_path=None):
     """The result of taking a host's release back into Vault (Importer.recover): no secret in it."""
-    from partnercerts import certs as certs_mod
-    from partnercerts.importer import Source
+    from partnercerts import sources
     with user_errors():
         tk = toolkit()
-        ca = None
-        if ca_path:
-            ca = Source(certs_mod.read_file(str(ca_path), tk.settings.max_input_bytes), str(ca_path))
+        ca = sources.from_file(tk.settings, str(ca_path)) if ca_path else None
         done = tk.importer.recover(mzp, app, host, files, now(), ca=ca)
     return dict(changed=True, serial=done.serial, not_after=done.not_after, client_id=done.client_id,
                 fingerprint_sha256=done.fingerprint_sha256,
