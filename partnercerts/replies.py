@@ -41,10 +41,11 @@ class Outcome(str, enum.Enum):
     REFUSED = "refused"                  # for a pending key, but the gate (or a download) refused it
     UNREADABLE = "unreadable"            # could not be fetched or parsed as an e-mail
     NEEDS_ATTENTION = "needs_attention"  # answers our CSR e-mail without a certificate: left, a human acts
+    ANSWERED_EARLIER = "answered_earlier"  # no certificate, answers an earlier send of a CSR sent again since: moved
 
     @property
     def settled(self) -> bool:
-        return self in (Outcome.IMPORTED, Outcome.ALREADY_CURRENT)
+        return self in (Outcome.IMPORTED, Outcome.ALREADY_CURRENT, Outcome.ANSWERED_EARLIER)
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Handled:
                 Outcome.REFUSED: f"refused for {self.key}, left in place",
                 Outcome.UNREADABLE: "cannot be read, left in place",
                 Outcome.NEEDS_ATTENTION: f"the authority answered {self.key} without a certificate, left in place "
-                                         "(needs attention)"}[self.outcome]
+                                         "(needs attention)",
+                Outcome.ANSWERED_EARLIER: f"answers an earlier send of the CSR of {self.key}, moved"}[self.outcome]
         hints = f" [{'; '.join(self.hints)}]" if self.hints else ""
         return f"{server} UID {self.uid} ({about}): {what}: {self.detail}{hints}"
 
@@ -218,6 +220,11 @@ class Replies:
             if ours is not None:  # a question, a refusal: not proof of anything, but a human must read it
                 got.outcome, got.mzp, got.app = Outcome.NEEDS_ATTENTION, partner.mzp, ours
                 got.detail = "no certificate in a reply to our CSR e-mail; read it, then import, resend or re-key"
+            elif (earlier := self._answers(msg, partner, pendings, earlier=True)) is not None:
+                # A human already acted on it: the CSR went out again since (a resend clears the attention).
+                got.outcome, got.mzp, got.app = Outcome.ANSWERED_EARLIER, partner.mzp, earlier
+                got.detail = ("no certificate, in reply to an earlier send of the CSR, which was sent again since "
+                              "(the answer was read and acted on)")
             return got
         try:
             resolved = sources.from_reply(self.settings, found, name)
@@ -263,11 +270,15 @@ class Replies:
         return got
 
     @staticmethod
-    def _answers(msg, partner: Partner, pendings: dict) -> str | None:
-        """The application whose CSR e-mail (its recorded Message-ID) this message replies to, if any."""
+    def _answers(msg, partner: Partner, pendings: dict, earlier: bool = False) -> str | None:
+        """The application whose CSR e-mail (its recorded Message-ID) this message replies to, if any; with
+        `earlier`, whose CSR it replies to under the Message-ID of a send before the last one."""
         refs = _header(msg, "In-Reply-To") + " " + _header(msg, "References")
         for app, pend in pendings.items():
-            if pend and pend.record.message_id and pend.record.message_id in refs:
+            if not pend:
+                continue
+            ids = [s.message_id for s in pend.record.sent[:-1]] if earlier else [pend.record.message_id]
+            if any(i and i in refs for i in ids):
                 return app
         return None
 

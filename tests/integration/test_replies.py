@@ -279,6 +279,14 @@ def test_an_answer_without_certificate_needs_attention_until_a_human_resends(cli
         cli("submit", "--resend")
         row = json.loads(cli("status", "--json").out)[0]
         assert row["state"] == "pending" and row["pending_attention"] is None and row["pending_times_sent"] == 2
+        # The answer was acted on: the next run settles it (moved, no alert), instead of calling it unmatched
+        # now that the CSR went out under another Message-ID (the soak found this: an alert every night).
+        received.clear()
+        again = cli("rotate", "--no-deploy")
+        assert "answers an earlier send of the CSR of MZP654321/fleet, moved" in again.out, again.text
+        assert server.folder_uids(user, "INBOX") == [] and len(server.folder_uids(user, PROCESSED)) == 1
+        assert [e["kind"] for batch in received for e in batch["events"]] == []
+        assert json.loads(cli("status", "--json").out)[0]["state"] == "pending"
     finally:
         stop()
 
