@@ -54,6 +54,7 @@ from devtools.testhosts import TestHosts  # noqa: E402
 from tests.conftest import Cli, Raw, Result  # noqa: E402
 from tests.faults.cluster import Cluster  # noqa: E402
 from tests.integration.test_rotation_prod import webhook_server  # noqa: E402
+from tests.integration.test_unattended import key_body  # noqa: E402
 from tests.soak.authority import Authority, csr_of_message, pem, spki_sha256  # noqa: E402
 
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
@@ -160,10 +161,6 @@ class Inbox:
         return "250 OK"
 
 
-def _load_cert(data: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(data)
-
-
 class Soak:
     def __init__(self, base: Path, size: Size, seed: int, log=print):
         self.base, self.size, self.seed, self.log = base, size, seed, log
@@ -182,7 +179,6 @@ class Soak:
         self.validity: dict[tuple[str, str], int] = {}
         self.email_partners: list[str] = []
         self.outbox_partners: list[str] = []
-        self.mailbox_user: dict[str, str] = {}
         self.active_hosts: list[str] = []
         self.spare_host = ""
         self.removed_hosts: list[str] = []
@@ -196,7 +192,7 @@ class Soak:
         self.refusals_delivered: list[tuple[str, str]] = []
         self.cache: dict[bytes, object] = {}
         self.schedule: dict[int, list[str]] = {}
-        self.rolled_back: tuple[tuple[str, str], str, int] | None = None
+        self.rolled_back: tuple[tuple[str, str], str] | None = None
         self.prev_state: dict = {}
         self.kill_wait = 0
         self.busy_seconds = 8.0   # how long the last run that deployed took: the kills land inside such a run
@@ -261,7 +257,6 @@ class Soak:
         for mzp in self.email_partners:
             password = "mbx-" + hashlib.sha256(f"{self.seed}{mzp}".encode()).hexdigest()[:20]
             self.dovecot.add_user(mailboxes[mzp], password)
-            self.mailbox_user[mzp] = mailboxes[mzp]
             self.cli.secrets.append(password)
             self.cli("mailbox-password", "--mzp", mzp, input=password + "\n")
         for mzp in self.email_partners + self.outbox_partners:
@@ -372,7 +367,7 @@ class Soak:
         """Remember the secrets of a credential's current record: printed anywhere, they would be a leak."""
         cur = self.raw.read(f"{cred[0]}/apps/{cred[1]}/current")
         if cur:
-            for value in (cur["data"].get("p12_password", ""), _key_line(cur["data"].get("key_pem", ""))):
+            for value in (cur["data"].get("p12_password", ""), key_body(cur["data"]["key_pem"])):
                 if value and value not in self.cli.secrets:
                     self.cli.secrets.append(value)
 
@@ -512,7 +507,7 @@ class Soak:
         answers = self.authority.answers(upto)
         for a in answers:
             if a.request.email:
-                self.dovecot.deliver(self.mailbox_user[a.request.cred[0]], a.message)
+                self.dovecot.deliver(self.authority.mailbox_of[a.request.cred[0]], a.message)
                 if a.kind == "refusal":
                     self.refusals_delivered.append(a.request.cred)
             else:
@@ -531,8 +526,8 @@ class Soak:
     def _operator(self, day: int, now: dt.datetime, sent: list[dict], todo: list[str]) -> None:
         self._write_faketime(now)
         for cred in self.creds:  # status shows `needs_attention`: the runbook says read it, then resend
-            pend = self.raw.read(f"{cred[0]}/apps/{cred[1]}/pending")
-            if pend and pend["data"].get("state", "pending") == "pending" and pend["data"].get("attention"):
+            pend = self.prev_state[cred]["pending"]  # Vault as this morning's check read it; nothing wrote since
+            if pend and pend.get("attention"):
                 self._resend(cred, now)
         for e in sent:
             cred = (e["mzp"], e.get("app", ""))
@@ -596,11 +591,11 @@ class Soak:
         _, cred, serial, newer = best
         self._op(now, "rollback", "--mzp", cred[0], "--app", cred[1], "--to", serial)
         self.schedule.setdefault(day + 2, []).append("rollforward")
-        self.rolled_back = (cred, newer, day)
+        self.rolled_back = (cred, newer)
 
     def _event_rollforward(self, day: int, now: dt.datetime) -> None:
         assert self.rolled_back is not None
-        cred, serial, _ = self.rolled_back
+        cred, serial = self.rolled_back
         cur = self.raw.read(f"{cred[0]}/apps/{cred[1]}/current")["data"]
         if cur["serial"] != serial and dt.datetime.fromisoformat(
                 self.raw.read(f"{cred[0]}/apps/{cred[1]}/history/{serial}")["data"]["not_after"]) > now:
@@ -677,7 +672,7 @@ class Soak:
         if digest in self.cache:
             return self.cache[digest]  # type: ignore[return-value]
         try:
-            cert = _load_cert(files["client.crt"])
+            cert = x509.load_pem_x509_certificate(files["client.crt"])
             priv = serialization.load_pem_private_key(files["client.key"], None,
                                                       unsafe_skip_rsa_key_validation=True)
             cas = x509.load_pem_x509_certificates(files["ca.crt"]) if files.get("ca.crt") else []
@@ -823,11 +818,6 @@ class Soak:
         self.cli.assert_clean(Result(0, log, ""))
         if lost:
             raise SoakFailure(f"seed {self.seed}: {len(lost)} issued certificate(s) whose key Vault lost: {lost[:5]}")
-
-
-def _key_line(key_pem: str) -> str:
-    lines = [ln for ln in key_pem.splitlines() if ln and not ln.startswith("-----")]
-    return lines[len(lines) // 2] if lines else ""
 
 
 def main(argv: list[str] | None = None) -> int:
