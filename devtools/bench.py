@@ -6,7 +6,7 @@ beside what a user would write instead.
 
 Starts its own OpenBao (dev mode, loopback, a random port) and its own SSH test hosts
 (devtools/testhosts.py: one sshd per host in its own network namespace; needs root), seeds Vault
-itself, runs every command as a user would (a fresh `python -m invoke ... TASK` process) and prints
+itself, runs every command as a user would (a fresh process, as scripts/inv runs TASK) and prints
 one table of medians over `--repeat` runs, with the baseline measured in the same run beside each
 figure:
 
@@ -149,8 +149,8 @@ def run(argv: list[str], env: dict, *, cwd: Path | None = None, stdin: str | Non
 
 
 def invoke(*args: str) -> list[str]:
-    """A task run exactly as scripts/inv runs it (the venv's invoke, this repository's tasks.py)."""
-    return [PY, "-m", "invoke", "--search-root", str(ROOT), *args]
+    """A task run exactly as scripts/inv runs it (partnercerts.quick, then Invoke, this repository's tasks.py)."""
+    return [PY, "-P", "-m", "partnercerts.quick", "--search-root", str(ROOT), *args]
 
 
 # The baselines run in their own process and time only their loop (start-up excluded: conservative).

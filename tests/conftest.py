@@ -138,15 +138,20 @@ class Result:
         return self.out + self.err
 
 
+# What scripts/inv execs (same venv, same tasks.py): a plain `status` runs without Invoke, the rest through it.
+INV = [sys.executable, "-P", "-m", "partnercerts.quick", "--search-root", str(ROOT)]
+INVOKE = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]  # Invoke itself, for the comparison
+
+
 class Cli:
-    """Runs `invoke` exactly as scripts/inv does (same venv, same tasks.py) and checks its output."""
+    """Runs a task exactly as scripts/inv does and checks its output."""
 
     def __init__(self, env: dict, cwd: Path):
         self.env, self.cwd = env, cwd
         self.secrets: list[str] = []
 
     def __call__(self, *args: str, input: str | None = None, ok: bool = True, env: dict | None = None) -> Result:
-        p = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args],
+        p = subprocess.run([*INV, *args],
                            env={**self.env, **(env or {})}, cwd=self.cwd, input=input, text=True,
                            capture_output=True, timeout=300)
         r = Result(p.returncode, p.stdout, p.stderr)

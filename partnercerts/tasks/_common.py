@@ -6,8 +6,6 @@ import functools
 import sys
 from typing import TYPE_CHECKING
 
-from invoke.exceptions import Exit
-
 from ..errors import Error, Remedy, UserError, with_hint
 from ..settings import Settings
 from ._hints import HINTS
@@ -45,6 +43,17 @@ def info(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def last_word(exc: Exception, task: str) -> tuple[str, int]:
+    """The one line and exit code of a task that failed: an Error with its remedy in this command line's words;
+    anything else unexpected, without its text (it could quote data), unless debugging (then it is raised)."""
+    if isinstance(exc, Error):
+        return f"error: {exc.worded(HINTS)}", exc.exit_code
+    if debugging():
+        raise exc
+    return (f"error: unexpected {type(exc).__name__} in {task}; rerun with PARTNERCERTS_DEBUG=1 for the traceback",
+            1)
+
+
 def reports_errors(fn):
     """Turn an Error into one line on stderr (its remedy in this command line's words) and the exit code of
     its kind; hide internals unless debugging."""
@@ -52,13 +61,12 @@ def reports_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except Error as exc:
-            raise Exit(f"error: {exc.worded(HINTS)}", code=exc.exit_code) from None
-        except (Exit, KeyboardInterrupt):
+        except KeyboardInterrupt:
             raise
-        except Exception as exc:  # an unexpected failure: no traceback by default, it could quote data
-            if debugging():
+        except Exception as exc:
+            from invoke.exceptions import Exit  # already loaded: this runs under Invoke
+            if isinstance(exc, Exit):
                 raise
-            raise Exit(f"error: unexpected {type(exc).__name__} in {fn.__name__}; "
-                       "rerun with PARTNERCERTS_DEBUG=1 for the traceback", code=1) from None
+            message, code = last_word(exc, fn.__name__)
+            raise Exit(message, code=code) from None
     return wrapper

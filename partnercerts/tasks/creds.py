@@ -11,6 +11,7 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from ..errors import Error, Remedy, UserError
+from . import _status
 from ._ansible import playbook
 from ._common import hinted, info, now, reports_errors, toolkit
 from ._hints import HINTS
@@ -87,21 +88,7 @@ def import_cert(c, mzp, app, cert=None, url=None, eml=None, ca=None, client_id=N
 @reports_errors
 def status(c, json=False, mzp=None, app=None):
     """One row per credential: state, serial, expiry, pending CSR (reads metadata only)."""
-    rows = toolkit().planner.rows(now(), mzp, app)
-    if json:
-        print(jsonlib.dumps([r.as_json() for r in rows], indent=2))
-        return
-    header = ("mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since", "csr",
-              "hosts")
-    table = [header] + [(r.mzp, r.app, r.client_id or "-", r.state, r.serial or "-", r.not_after or "-",
-                         "-" if r.days_left is None else str(r.days_left), r.pending_since or "-", r.csr_stage(),
-                         "-" if r.hosts_total is None else f"{r.hosts_in_sync}/{r.hosts_total}") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    for r in rows:
-        if r.notes:
-            info(f"note: {r.key}: " + "; ".join(hinted(n.text, n.remedy, mzp=n.mzp, app=n.app) for n in r.notes))
+    _status.show(json=json, mzp=mzp, app=app)
 
 
 @task(help={"mzp": MZP_HELP, "app": APP_HELP, "out": "where to write the .p12 file (mode 0600)",
