@@ -12,13 +12,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import hvac
-import requests
-
-from . import servers
+from . import _lazy, servers
 from .errors import UserError
 from .settings import Settings, embedded_port_file
+
+if TYPE_CHECKING:
+    import hvac
+    import requests
+else:  # loaded on first use (_lazy)
+    hvac = _lazy.module("hvac")
+    requests = _lazy.module("requests")
 
 # OpenBao 2.x has no "file" backend: a single-node raft store under .state/ is its on-disk storage.
 CONFIG = """\

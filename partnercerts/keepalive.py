@@ -11,14 +11,19 @@ import json
 import os
 import re
 import socket
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import hvac.adapters
-
+from . import _lazy
 from .settings import VaultSettings
 
+if TYPE_CHECKING:
+    import hvac
+else:  # loaded on first use (_lazy)
+    hvac = _lazy.module("hvac")
+
 DELEGATE = object()
-_PLAIN_PATH = re.compile(r"^[A-Za-z0-9/_.~-]+$")
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9/_.~-]+(\?[A-Za-z0-9_.~=&%-]*)?$")  # a path, maybe with a plain query
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]*$")
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
@@ -64,6 +69,9 @@ class KeepAliveReader:
 
     @classmethod
     def for_client(cls, client, vault: VaultSettings) -> "KeepAliveReader | None":
+        light = getattr(client, "light", None)  # a vault.Deferred client: not made yet, connect() checked the rest
+        if light is not None:
+            return cls(light, vault.ca_bundle)
         adapter = getattr(client, "adapter", None)
         if not isinstance(adapter, hvac.adapters.JSONAdapter) or getattr(adapter, "ignore_exceptions", False):
             return None

@@ -41,15 +41,19 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote
 
-import hvac
-
+from . import _lazy
 from .errors import Conflict, NotSetUp
 from .keepalive import DELEGATE, KeepAliveReader
 from .settings import Settings
 from .vault import Asked, missing_mount, translated
+
+if TYPE_CHECKING:
+    import hvac
+else:  # loaded on first use (_lazy)
+    hvac = _lazy.module("hvac")
 
 # KV v2 prunes versions past max_versions (mount default 10); keep far more so no key version is destroyed.
 MAX_VERSIONS = 1000
@@ -391,7 +395,8 @@ class KV:
         self.client = client
         self.mount = settings.kv_mount
         self.prefix = settings.prefix
-        self.addr = client.adapter.base_uri
+        light = getattr(client, "light", None)  # a vault.Deferred client, not made yet
+        self.addr = light.base_uri if light is not None else client.adapter.base_uri
         self._reader = KeepAliveReader.for_client(client, settings.vault)
         self._mount_checked = False
         self._layout: int | None = None
@@ -399,11 +404,16 @@ class KV:
 
     # -- raw KV v2 ------------------------------------------------------------------
     def _call(self, method: str, url: str, **kw):
-        if method == "get" and self._reader is not None and not kw:
-            found = self._reader.get(url)
+        if method == "get" and not kw:
+            found = self._lean(url)
             if found is not DELEGATE:
                 return found
         return self._adapter_call(method, url, **kw)
+
+    def _lean(self, url: str):
+        """A GET over the pipelined reader: its JSON (200), None (404), or DELEGATE: ask the adapter (through
+        translated(), with the request's own handling of a refusal)."""
+        return self._reader.get(url) if self._reader is not None else DELEGATE
 
     def _adapter_call(self, method: str, url: str, **kw):
         with translated(self.addr, f"{method.upper()} {url.removeprefix('/v1/')}", client=self.client,
@@ -434,11 +444,14 @@ class KV:
         """Fail early, with the fix, when the KV v2 mount is missing or is not version 2 (checked once per Store)."""
         if self._mount_checked:
             return
-        with translated(self.addr, "the mount check", client=self.client, mount=self.mount):
-            try:
-                resp = self.client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
-            except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
-                resp = None  # Vault answers 403 for a mount that does not exist, even to root
+        url = f"/v1/sys/internal/ui/mounts/{self.mount}"
+        resp = self._lean(url)
+        if resp is DELEGATE:
+            with translated(self.addr, "the mount check", client=self.client, mount=self.mount):
+                try:
+                    resp = self.client.adapter.get(url)
+                except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+                    resp = None  # Vault answers 403 for a mount that does not exist, even to root
         data = (resp or {}).get("data") if isinstance(resp, dict) else None
         if not data or data.get("type") not in ("kv", "generic") or data.get("path", "").strip("/") != self.mount:
             # Why (only now, after the failure): not a Vault server, a bad token, a policy, or no such mount.
@@ -743,15 +756,17 @@ class Store(KV):
         out: dict[str, dict] = {}
         while True:
             url = f"{base}?list=true&limit={LIST_PAGE}&after={after}"
-            with translated(self.addr, f"LIST {self.mount}/detailed-metadata/{self.index_folder()}/",
-                            client=self.client, asked=self._asked("list", base)):
-                try:
-                    resp = self.client.adapter.get(url)
-                except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest,
-                        hvac.exceptions.UnsupportedOperation):
-                    # 404 (no such endpoint, or nothing listed) or 403/400/405: on the first page this
-                    # may be a server or policy without the listing: read one by one (the same answer).
-                    resp = None
+            resp = self._lean(url)
+            if resp is DELEGATE:
+                with translated(self.addr, f"LIST {self.mount}/detailed-metadata/{self.index_folder()}/",
+                                client=self.client, asked=self._asked("list", base)):
+                    try:
+                        resp = self.client.adapter.get(url)
+                    except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest,
+                            hvac.exceptions.UnsupportedOperation):
+                        # 404 (no such endpoint, or nothing listed) or 403/400/405: on the first page this
+                        # may be a server or policy without the listing: read one by one (the same answer).
+                        resp = None
             data = (resp or {}).get("data") if isinstance(resp, dict) else None
             names = list((data or {}).get("keys") or [])
             if not names:

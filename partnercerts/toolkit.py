@@ -78,9 +78,10 @@ class Toolkit:
         return Replies(self.settings, self.inventory, self.store, self.importer, self.passwords)
 
     @classmethod
-    def open(cls, settings: Settings | None = None, env: dict | None = None) -> "Toolkit":
-        """Settings from the environment, the inventory they name, and a Vault connection."""
+    def open(cls, settings: Settings | None = None, env: dict | None = None, light: bool = False) -> "Toolkit":
+        """Settings from the environment, the inventory they name, and a Vault connection (`light`: made only
+        when the pipelined reader cannot serve a request, for commands that only read: vault.Deferred)."""
         from . import inventory
         from .vault import connect
         settings = settings or Settings.from_env(env)
-        return cls(settings, inventory.load(settings.inventory), Store(connect(settings, env), settings))
+        return cls(settings, inventory.load(settings.inventory), Store(connect(settings, env, light), settings))

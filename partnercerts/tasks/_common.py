@@ -27,11 +27,12 @@ def debugging() -> bool:
         return False
 
 
-def toolkit() -> Toolkit:
+def toolkit(light: bool = False) -> Toolkit:
+    """The core for this command (`light`: a command that only reads, see vault.Deferred)."""
     # Imported here, not above: `--list`, `--help` and every task that fails on its input start without the
     # core (hvac, requests, cryptography), a good part of a short command's start-up.
     from ..toolkit import Toolkit
-    return Toolkit.open()
+    return Toolkit.open(light=light)
 
 
 def hinted(message: str, remedy: Remedy | None, **context: str) -> str:

@@ -8,7 +8,7 @@ from ._common import hinted, info, now, toolkit
 
 def show(json: bool = False, mzp: str | None = None, app: str | None = None) -> None:
     """One row per credential: state, serial, expiry, pending CSR (reads metadata only)."""
-    rows = toolkit().planner.rows(now(), mzp, app)
+    rows = toolkit(light=True).planner.rows(now(), mzp, app)  # reads only: hvac only if the reader cannot serve
     if json:
         print(jsonlib.dumps([r.as_json() for r in rows], indent=2))
         return
