@@ -55,8 +55,9 @@ class KeepAliveReader:
     standby answers reads from a lagging copy), and that choice stays the adapter's alone.
     """
 
-    def __init__(self, adapter, ca_bundle: str | None = None):
+    def __init__(self, adapter, ca_bundle: str | None = None, keeps: bool = True):
         self.adapter = adapter
+        self.keeps = keeps  # renews the adapter's token before it runs out (False: another reader does)
         self.ca_bundle = ca_bundle  # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, used as requests uses them
         self.sock: socket.socket | None = None
         self.rfile: io.BufferedReader | None = None
@@ -196,7 +197,7 @@ class KeepAliveReader:
     def _exchange(self, urls: list[str]) -> list:
         """Send the requests of `urls` at once and read their responses in order; returns the results of
         the prefix that was answered (an URL that needs the adapter gets DELEGATE)."""
-        keep = getattr(self.adapter, "keep", None)
+        keep = getattr(self.adapter, "keep", None) if self.keeps else None
         if keep is not None:  # the token renewed (or a new login) before it runs out: vault.FailoverAdapter.keep
             keep(self._lookup_self)
         requests_ = [self._request(u) for u in urls]

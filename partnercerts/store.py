@@ -38,8 +38,10 @@ wrote and this one does not know are kept (`extra`) and written back unchanged.
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import enum
+import threading
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote
@@ -746,18 +748,58 @@ class Store(KV):
     def _listed_indexes(self, keys: list[str]) -> dict[str, dict] | None:
         """The custom metadata of the index entries from the first to the last of `keys` (in Vault's order),
         from pages of `LIST <mount>/detailed-metadata/<prefix>/index/`; None when the server or the policy
-        does not offer that listing (then, for the rest of this Store, the entries are read one by one)."""
+        does not offer that listing (then, for the rest of this Store, the entries are read one by one).
+
+        The names are known, so is where each page of LIST_PAGE of them starts: the first page is asked here
+        (it tells whether the server lists at all), and the others are shared between this connection and a
+        second one (`_Alongside`, a thread), so that OpenBao works on two pages at once. A page the second
+        connection cannot read plainly (a denial, a broken connection, a lapsing token) is read again here,
+        through the client, so errors and failover stay the client's."""
         if self._detailed is False:
             return None
-        first, last = min(keys), max(keys)
-        # The listing starts after a name; the one just before `first` (names are [A-Za-z0-9._-]).
-        after = quote(first[:-1] + chr(ord(first[-1]) - 1) + "~", safe="")
-        base = f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/"
+        ordered = sorted(keys)
+        spans = collections.deque((ordered[i], ordered[min(i + LIST_PAGE, len(ordered)) - 1])
+                                  for i in range(0, len(ordered), LIST_PAGE))
+        first = spans.popleft()
+        alongside = _Alongside(self, spans) if spans and self._reader is not None else None
+        try:
+            out = self._listed_span(*first)
+            if out is None:
+                return None
+            while spans:
+                try:
+                    span = spans.popleft()
+                except IndexError:  # the other connection took the last one
+                    break
+                out.update(self._listed_span(*span) or {})
+        finally:
+            if alongside is not None:
+                alongside.stop()
+        for span in alongside.returned if alongside is not None else ():
+            out.update(self._listed_span(*span) or {})
+        if alongside is not None:
+            out.update(alongside.got)
+        return out
+
+    def _list_url(self, after: str) -> str:
+        return (f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/?list=true&limit={LIST_PAGE}"
+                f"&after={quote(after, safe='')}")
+
+    @staticmethod
+    def _before(name: str) -> str:
+        """A name just before `name` in Vault's order (index names are [A-Za-z0-9._-]): where its listing starts."""
+        return name[:-1] + chr(ord(name[-1]) - 1) + "~"
+
+    def _listed_span(self, first: str, last: str) -> dict[str, dict] | None:
+        """The entries from `first` to `last` (and the rest of the page that reaches `last`), page after page
+        over this Store's connection; None when the first page ever asked says the listing is not offered."""
+        after = self._before(first)
         out: dict[str, dict] = {}
         while True:
-            url = f"{base}?list=true&limit={LIST_PAGE}&after={after}"
+            url = self._list_url(after)
             resp = self._lean(url)
             if resp is DELEGATE:
+                base = f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/"
                 with translated(self.addr, f"LIST {self.mount}/detailed-metadata/{self.index_folder()}/",
                                 client=self.client, asked=self._asked("list", base)):
                     try:
@@ -767,20 +809,16 @@ class Store(KV):
                         # 404 (no such endpoint, or nothing listed) or 403/400/405: on the first page this
                         # may be a server or policy without the listing: read one by one (the same answer).
                         resp = None
-            data = (resp or {}).get("data") if isinstance(resp, dict) else None
-            names = list((data or {}).get("keys") or [])
-            if not names:
+            names = _page_into(out, resp)
+            if names is None:
                 if not out and self._detailed is None:
                     self._detailed = False
                     return None
                 return out
             self._detailed = True
-            info = data.get("key_info") or {}  # type: ignore[union-attr]  # names came from data
-            for name in names:
-                out[name] = dict((info.get(name) or {}).get("custom_metadata") or {})
             if len(names) < LIST_PAGE or names[-1] >= last:
                 return out
-            after = quote(names[-1], safe="")
+            after = names[-1]
 
     @staticmethod
     def _index(resp) -> tuple[Index, int] | None:
@@ -816,3 +854,70 @@ class Store(KV):
         if not resp or not resp.get("data") or resp["data"].get("data") is None:
             return None
         return Record(data=resp["data"]["data"], version=int(resp["data"]["metadata"]["version"]))
+
+
+def _page_into(out: dict[str, dict], resp) -> list[str] | None:
+    """Add the custom metadata of a listing page's entries to `out`; its names, or None for an empty page."""
+    data = resp.get("data") if isinstance(resp, dict) else None
+    names = list((data or {}).get("keys") or [])
+    if not names:
+        return None
+    info = data.get("key_info") or {}  # type: ignore[union-attr]  # names came from data
+    for name in names:
+        out[name] = dict((info.get(name) or {}).get("custom_metadata") or {})
+    return names
+
+
+class _Alongside:
+    """A second connection that takes spans of the index listing from the same queue as the Store, in a
+    thread, while the Store reads its own. Only plain answers are taken (200 with entries): a span whose
+    page is anything else (absent, denied, a broken connection) is handed back (`returned`) for the Store to
+    read through the client. It never renews the token (the Store's requests do) and never touches the
+    Store's state."""
+
+    def __init__(self, store: Store, spans: collections.deque):
+        self.store, self.spans = store, spans
+        self.got: dict[str, dict] = {}
+        self.returned: list[tuple[str, str]] = []
+        self.stopping = threading.Event()
+        main = store._reader
+        assert main is not None  # only made beside a pipelined reader
+        self.reader = KeepAliveReader(main.adapter, main.ca_bundle, keeps=False)
+        self.thread = threading.Thread(target=self._run, name="partnercerts-listing", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        span = None
+        try:
+            while not self.stopping.is_set():
+                try:
+                    span = self.spans.popleft()
+                except IndexError:
+                    return
+                if not self._span(*span):
+                    self.returned.append(span)  # and the rest is the Store's: this server may not list at all
+                    return
+                span = None
+        except BaseException:  # pylint: disable=broad-exception-caught  # the Store reads it again itself
+            if span is not None:
+                self.returned.append(span)
+        finally:
+            self.reader.close()
+
+    def _span(self, first: str, last: str) -> bool:
+        after = self.store._before(first)
+        got: dict[str, dict] = {}
+        while True:
+            resp = self.reader.get(self.store._list_url(after))
+            names = _page_into(got, resp)
+            if names is None:
+                return False
+            if len(names) < LIST_PAGE or names[-1] >= last:
+                self.got.update(got)
+                return True
+            after = names[-1]
+
+    def stop(self) -> None:
+        """Wait for the span under way; the queue's remaining spans are the Store's."""
+        self.stopping.set()
+        self.thread.join()

@@ -4,6 +4,8 @@ give the same answers; a write of `current` marks the index so a crash is still 
 import datetime as dt
 import json
 
+import pytest
+
 from partnercerts import store as storemod
 from partnercerts.store import Index
 from tests.integration.test_store_reads import Forwarder, store_for
@@ -81,15 +83,85 @@ def test_the_detailed_listing_and_one_read_per_credential_give_the_same_indexes(
             assert real == int(version)
 
 
-def test_a_policy_without_the_listing_reads_one_by_one_with_the_same_answers(bao, mount):
+def test_the_pages_of_the_listing_go_over_two_connections_at_once_with_the_same_answers(bao, mount, monkeypatch):
+    pairs = seed(bao, mount, n=60)
+    one_by_one = store_for(bao.addr, bao.token, mount)
+    one_by_one._detailed = False
+    expected = one_by_one.read_indexes(pairs)
+    monkeypatch.setattr(storemod, "LIST_PAGE", 6)  # 60 names: 10 spans of 6, some of them never indexed
+    fwd = Forwarder(bao.addr, close_every=False)
+    try:
+        paged = store_for(fwd.addr, bao.token, mount)
+        assert paged.read_indexes(pairs) == expected
+        assert paged._detailed is True
+        listing = [(n, p) for n, p in fwd.served if "/detailed-metadata/" in p]
+        by_connection = {n for n, _ in listing}
+        assert len(by_connection) == 2, listing  # the Store's connection and the one alongside
+        # Every span's first page asked once; a span whose page ends before its last name (absent names,
+        # so the page reaches into the next span) is continued by the connection that began it.
+        starts = [p for _, p in listing]
+        assert len(starts) == len(set(starts)) and 10 <= len(starts) <= 20, starts
+        # Pages of a partial subset, and a subset smaller than a page: the same answers again.
+        for subset in (sorted(pairs)[7:43], sorted(pairs)[20:28]):
+            assert paged.read_indexes(subset) == one_by_one.read_indexes(subset)
+    finally:
+        fwd.close()
+
+
+class Flaky(storemod.KeepAliveReader):
+    """The connection alongside, with the fault a real one meets: its first page unanswered (what a denial, a
+    sealed node or a broken connection hands back), or an exception in the middle of a span."""
+    fault = "delegate"
+    asked = 0
+
+    def get(self, url):
+        if self.keeps:  # the Store's own connection: untouched
+            return super().get(url)
+        Flaky.asked += 1
+        if Flaky.fault == "delegate":
+            return storemod.DELEGATE
+        if Flaky.asked == 2:
+            raise OSError("connection reset by peer")
+        return super().get(url)
+
+
+@pytest.mark.parametrize("fault", ["delegate", "raises"])
+def test_a_page_the_second_connection_cannot_read_is_read_by_the_store(bao, mount, monkeypatch, fault):
+    pairs = seed(bao, mount, n=60)
+    one_by_one = store_for(bao.addr, bao.token, mount)
+    one_by_one._detailed = False
+    expected = one_by_one.read_indexes(pairs)
+    monkeypatch.setattr(storemod, "LIST_PAGE", 3)  # a span continues past its first page where names are absent
+    monkeypatch.setattr(storemod, "KeepAliveReader", Flaky)
+    monkeypatch.setattr(Flaky, "fault", fault)
+    monkeypatch.setattr(Flaky, "asked", 0)
+    paged = store_for(bao.addr, bao.token, mount)
+    assert paged.read_indexes(pairs) == expected
+    assert Flaky.asked >= 1  # the connection alongside was there, and failed
+    assert paged._detailed is True
+
+
+@pytest.mark.parametrize("page", [1000, 4])
+def test_a_policy_without_the_listing_reads_one_by_one_with_the_same_answers(bao, mount, monkeypatch, page):
     pairs = seed(bao, mount, n=12)
     client = bao.client()
     client.sys.create_or_update_policy("meta-read", f'path "{mount}/metadata/*" {{ capabilities = ["read"] }}')
     token = client.auth.token.create(policies=["meta-read"], ttl="5m")["auth"]["client_token"]
-    limited = store_for(bao.addr, token, mount)
-    got = limited.read_indexes(pairs)
-    assert limited._detailed is False
-    assert got == store_for(bao.addr, bao.token, mount).read_indexes(pairs)
+    monkeypatch.setattr(storemod, "LIST_PAGE", page)  # 4: three spans, the connection alongside tries one
+    fwd = Forwarder(bao.addr, close_every=False)
+    try:
+        limited = store_for(fwd.addr, token, mount)
+        got = limited.read_indexes(pairs)
+        assert limited._detailed is False
+        # The first page denied (asked again through hvac, for its error) and at most one page beside it:
+        # then one read per credential, and no listing again for this Store.
+        lists = len([p for _, p in fwd.requests if "/detailed-metadata/" in p])
+        assert lists <= (2 if page == 1000 else 3), fwd.requests
+        assert got == store_for(bao.addr, bao.token, mount).read_indexes(pairs)
+        assert limited.read_indexes(pairs) == got
+        assert len([p for _, p in fwd.requests if "/detailed-metadata/" in p]) == lists
+    finally:
+        fwd.close()
 
 
 def test_status_of_a_few_credentials_reads_them_without_listing(bao, mount):

@@ -1,5 +1,6 @@
 """The lean read path of store.Store (KeepAliveReader): the same answers as hvac, pipelined when the
 server allows it, and every unusual answer handed to hvac so that errors read exactly as before."""
+import itertools
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,8 +21,10 @@ class Forwarder:
 
     def __init__(self, upstream: str, close_every: bool):
         self.requests: list[tuple[str, str]] = []
+        self.served: list[tuple[int, str]] = []  # (connection number, path): which connection asked what
         self.connections = 0
         fwd = self
+        numbers = itertools.count(1)
         session = requests.Session()
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,9 +36,11 @@ class Forwarder:
             def setup(self):
                 super().setup()
                 fwd.connections += 1
+                self.number = next(numbers)  # itertools.count: atomic, unlike the += above
 
             def do_GET(self):
                 fwd.requests.append((self.command, self.path))
+                fwd.served.append((self.number, self.path))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 resp = session.get(upstream + self.path, headers=headers, timeout=30)
                 self.send_response(resp.status_code)
