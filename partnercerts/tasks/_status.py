@@ -6,11 +6,19 @@ import json as jsonlib
 from ._common import hinted, info, now, toolkit
 
 
+def json_rows(rows: list[dict]) -> str:
+    """A JSON array with one credential per line: what jq reads as before, what grep finds a credential in,
+    and written by the C encoder (indent= goes through the pure-Python one: 0.1 s at 10,000 rows)."""
+    if not rows:
+        return "[]"
+    return "[\n" + ",\n".join(jsonlib.dumps(r) for r in rows) + "\n]"
+
+
 def show(json: bool = False, mzp: str | None = None, app: str | None = None) -> None:
     """One row per credential: state, serial, expiry, pending CSR (reads metadata only)."""
     rows = toolkit(light=True).planner.rows(now(), mzp, app)  # reads only: hvac only if the reader cannot serve
     if json:
-        print(jsonlib.dumps([r.as_json() for r in rows], indent=2))
+        print(json_rows([r.as_json() for r in rows]))
         return
     header = ("mzp", "app", "client_id", "state", "serial", "not_after", "days_left", "pending_since", "csr",
               "hosts")

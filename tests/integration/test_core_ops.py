@@ -21,9 +21,14 @@ def test_rotate_takes_the_partner_from_nothing_to_active_then_renews(cli, raw):
     assert raw.snapshot() == {}
     first = cli("rotate")
     assert first.out.count("signed by the sandbox authority and imported") == 2
-    rows = {r["app"]: r for r in json.loads(cli("status", "--json").out)}
+    shown = cli("status", "--json").out
+    rows = {r["app"]: r for r in json.loads(shown)}
     assert {r["state"] for r in rows.values()} == {"active"}
     assert all(r["client_id"] and r["days_left"] == 364 for r in rows.values())
+    # One credential per line, between the brackets: grep finds a credential, a JSON reader the whole.
+    lines = shown.strip().splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 4, shown
+    assert sorted(json.loads(line.rstrip(","))["app"] for line in lines[1:-1]) == sorted(rows)
     # The certificate chains to the sandbox CA, read by openssl.
     cur = raw.read(f"{CRED}/current")["data"]
     ca = raw.c.secrets.kv.v2.read_secret_version("partnercerts/sandbox/authority", mount_point=raw.mount,
