@@ -6,6 +6,7 @@ from . import __version__, quick
 
 
 def main() -> None:
+    quick.tune_gc()
     code = quick.run(sys.argv[1:])
     if code is not None:
         sys.exit(code)

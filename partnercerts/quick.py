@@ -12,6 +12,7 @@ the same command lines and compares what they print and their exit codes.
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import sys
 from collections.abc import Callable
@@ -70,8 +71,17 @@ def run(argv: list[str]) -> int | None:
     return 0
 
 
+def tune_gc() -> None:
+    """Run the cyclic garbage collector far less often, as mypy does. A command lives a second or so and makes
+    hundreds of thousands of small objects that reference counting frees (the inventory's YAML nodes, an index
+    per credential); at CPython's default threshold (700 allocations) the collector ran every few thousand of
+    them and took about a tenth of `status` over 10,000 credentials, for no memory it gave back."""
+    gc.set_threshold(200_000, 30, 30)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m partnercerts.quick --search-root DIR ARGS...`: ARGS here or through Invoke with that root."""
+    tune_gc()
     argv = sys.argv[1:] if argv is None else argv
     root: list[str] = []
     if argv[:1] == ["--search-root"] and len(argv) >= 2:
