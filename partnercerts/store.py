@@ -367,7 +367,7 @@ class Index:
     @classmethod
     def from_custom(cls, custom: dict | None) -> "Index":
         custom = custom or {}
-        return cls(**{f.name: str(custom.get(f.name, f.default)) for f in fields(cls)})
+        return cls(**{name: str(custom.get(name, default)) for name, default in _INDEX_FIELDS})
 
     def to_custom(self) -> dict:
         # Vault refuses empty custom-metadata values: an absent key means "".
@@ -388,6 +388,10 @@ class Index:
             if f.name.startswith("pending_"):
                 setattr(self, f.name, getattr(other, f.name))
         self.key_spec = self.key_spec or other.key_spec
+
+
+# Index's field names and defaults, worked out once: status makes an Index per credential.
+_INDEX_FIELDS = tuple((f.name, f.default) for f in fields(Index))
 
 
 class KV:
