@@ -59,11 +59,14 @@ def run(argv: list[str]) -> int | None:
     kwargs = parse(argv[1:], _status.show)
     if kwargs is None:
         return None
-    from .tasks._common import last_word
+    from .tasks._common import last_word, reader_gone
     try:
         _status.show(**kwargs)
+        sys.stdout.flush()  # here, where a reader that went away is told apart
     except KeyboardInterrupt:
         return 1  # as Invoke: quietly, exit 1
+    except BrokenPipeError:
+        return reader_gone()
     except Exception as exc:  # noqa: BLE001 - worded as the task words it under Invoke
         message, code = last_word(exc, "status")
         print(message, file=sys.stderr)
@@ -88,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
         root, argv = argv[:2], argv[2:]
     code = run(argv)
     if code is not None:
-        sys.stdout.flush()
         sys.exit(code)
     from invoke.main import program
     program.run(["invoke", *root, *argv])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,21 @@ def info(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+READER_GONE = 141  # 128 + SIGPIPE: the shell's status for a tool whose reader went away
+
+
+def reader_gone() -> int:
+    """The reader of standard output went away (`status | head`): stop quietly, as shell tools do, with their
+    exit status. Standard output then points at /dev/null so that Python's own flush at exit does not fail
+    again (the Python documentation's recipe, signal module, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file behind sys.stdout: nothing will flush into the pipe
+        pass
+    return READER_GONE
+
+
 def last_word(exc: Exception, task: str) -> tuple[str, int]:
     """The one line and exit code of a task that failed: an Error with its remedy in this command line's words;
     anything else unexpected, without its text (it could quote data), unless debugging (then it is raised)."""
@@ -61,9 +77,14 @@ def reports_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # here, where a reader that went away is told apart, not at exit
+            return result
         except KeyboardInterrupt:
             raise
+        except BrokenPipeError:
+            from invoke.exceptions import Exit
+            raise Exit(code=reader_gone()) from None
         except Exception as exc:
             from invoke.exceptions import Exit  # already loaded: this runs under Invoke
             if isinstance(exc, Exit):

@@ -1,6 +1,7 @@
 """A plain `status` runs without Invoke (partnercerts.quick, what scripts/inv execs): against a real OpenBao, every
 command line prints exactly what Invoke's run of the same task prints, with the same exit code, errors included;
 the ones it does not read itself go to Invoke."""
+import os
 import re
 import subprocess
 
@@ -40,6 +41,21 @@ def test_status_without_invoke_prints_what_invoke_prints(world):
     table = run(INV, ["status"], env)
     assert table.rc == 0 and f"{MZP}  fleet" in table.out and f"{MZP}  big" in table.out
     assert run(INV, ["status", "--mzp", "MZP000001"], env).rc == 2
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["status", "-j"]])
+def test_a_reader_that_went_away_ends_status_quietly_with_the_shell_s_status(world, args):
+    """`status | head`: the reader closes the pipe; the command stops without a word and exits 141 (128 +
+    SIGPIPE, what the shell shows for a tool stopped by it), through Invoke (`-j`) as without."""
+    for cmd in (INV, INVOKE):
+        r, w = os.pipe()
+        os.close(r)  # gone before status writes its first byte
+        try:
+            p = subprocess.run([*cmd, *args], env=world.env, stdout=w, stderr=subprocess.PIPE, text=True,
+                               timeout=120, check=False)
+        finally:
+            os.close(w)
+        assert (p.returncode, p.stderr) == (141, ""), (cmd, args, p.stderr)
 
 
 def test_a_vault_that_does_not_answer_reads_the_same(world):
