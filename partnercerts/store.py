@@ -785,44 +785,49 @@ class Store(KV):
             out.update(alongside.got)
         return out
 
-    def _list_url(self, after: str) -> str:
-        return (f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/?list=true&limit={LIST_PAGE}"
-                f"&after={quote(after, safe='')}")
-
-    @staticmethod
-    def _before(name: str) -> str:
-        """A name just before `name` in Vault's order (index names are [A-Za-z0-9._-]): where its listing starts."""
-        return name[:-1] + chr(ord(name[-1]) - 1) + "~"
-
-    def _listed_span(self, first: str, last: str) -> dict[str, dict] | None:
+    def _read_span(self, first: str, last: str, get) -> tuple[dict[str, dict], bool]:
         """The entries from `first` to `last` (and the rest of the page that reaches `last`), page after page
-        over this Store's connection; None when the first page ever asked says the listing is not offered."""
-        after = self._before(first)
+        through `get` (a URL to its answer); and whether the span ended on a page with entries (False: an empty
+        page, or an answer that was not a listing)."""
+        # The listing starts after a name: the one just before `first` (index names are [A-Za-z0-9._-]).
+        after = first[:-1] + chr(ord(first[-1]) - 1) + "~"
         out: dict[str, dict] = {}
         while True:
-            url = self._list_url(after)
-            resp = self._lean(url)
-            if resp is DELEGATE:
-                base = f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/"
-                with translated(self.addr, f"LIST {self.mount}/detailed-metadata/{self.index_folder()}/",
-                                client=self.client, asked=self._asked("list", base)):
-                    try:
-                        resp = self.client.adapter.get(url)
-                    except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest,
-                            hvac.exceptions.UnsupportedOperation):
-                        # 404 (no such endpoint, or nothing listed) or 403/400/405: on the first page this
-                        # may be a server or policy without the listing: read one by one (the same answer).
-                        resp = None
-            names = _page_into(out, resp)
+            names = _page_into(out, get(f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/?list=true"
+                                        f"&limit={LIST_PAGE}&after={quote(after, safe='')}"))
             if names is None:
-                if not out and self._detailed is None:
-                    self._detailed = False
-                    return None
-                return out
-            self._detailed = True
+                return out, False
             if len(names) < LIST_PAGE or names[-1] >= last:
-                return out
+                return out, True
             after = names[-1]
+
+    def _listed_span(self, first: str, last: str) -> dict[str, dict] | None:
+        """_read_span() over this Store's connection; None when the first page ever asked says the listing is
+        not offered."""
+        out, _ = self._read_span(first, last, self._list_page)
+        if out:
+            self._detailed = True
+        elif self._detailed is None:
+            self._detailed = False
+            return None
+        return out
+
+    def _list_page(self, url: str):
+        """One page of the index listing: over the pipelined reader, else through the client; None when the
+        server or the policy does not offer it (or nothing is listed)."""
+        resp = self._lean(url)
+        if resp is not DELEGATE:
+            return resp
+        base = f"/v1/{self.mount}/detailed-metadata/{self.index_folder()}/"
+        with translated(self.addr, f"LIST {self.mount}/detailed-metadata/{self.index_folder()}/",
+                        client=self.client, asked=self._asked("list", base)):
+            try:
+                return self.client.adapter.get(url)
+            except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest,
+                    hvac.exceptions.UnsupportedOperation):
+                # 404 (no such endpoint, or nothing listed) or 403/400/405: on the first page this
+                # may be a server or policy without the listing: read one by one (the same answer).
+                return None
 
     @staticmethod
     def _index(resp) -> tuple[Index, int] | None:
@@ -909,17 +914,10 @@ class _Alongside:
             self.reader.close()
 
     def _span(self, first: str, last: str) -> bool:
-        after = self.store._before(first)
-        got: dict[str, dict] = {}
-        while True:
-            resp = self.reader.get(self.store._list_url(after))
-            names = _page_into(got, resp)
-            if names is None:
-                return False
-            if len(names) < LIST_PAGE or names[-1] >= last:
-                self.got.update(got)
-                return True
-            after = names[-1]
+        got, whole = self.store._read_span(first, last, self.reader.get)
+        if whole:
+            self.got.update(got)
+        return whole
 
     def stop(self) -> None:
         """Wait for the span under way; the queue's remaining spans are the Store's."""
